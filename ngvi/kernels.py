@@ -1,0 +1,181 @@
+"""Covariance kernels for Gaussian-process priors.
+
+A kernel implements `evaluate(x1, x2)` for one pair of points; the base class builds Gram
+matrices by vmapping it. Stationary kernels hold their hyperparameters on the log scale, so
+they are positive by construction and can be optimised without constraints.
+"""
+
+import abc
+import math
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, ArrayLike, Float
+
+from ._validation import check_positive
+
+
+def as_2d_inputs(X: Float[ArrayLike, "n ..."]) -> Float[Array, "n d"]:
+    """Return inputs as an `(n, d)` array; a vector of shape `(n,)` becomes `(n, 1)`."""
+    X = jnp.asarray(X)
+    if X.ndim == 1:
+        return X[:, None]
+    if X.ndim != 2:
+        raise ValueError(f"`X` must have shape (n,) or (n, d), got shape {X.shape}.")
+    return X
+
+
+def _as_float_array(value: ArrayLike) -> Array:
+    """`value` as a JAX array, keeping a floating dtype and otherwise using the default float."""
+    array = jnp.asarray(value)
+    if jnp.issubdtype(array.dtype, jnp.floating):
+        return array
+    return array.astype(jnp.result_type(float))
+
+
+def _safe_sqrt(r2: Float[Array, ""]) -> Float[Array, ""]:
+    """`sqrt(r2)` with a zero (not NaN/inf) gradient at `r2 = 0` (the double-`where` trick)."""
+    positive = r2 > 0
+    r = jnp.sqrt(jnp.where(positive, r2, 1.0))
+    return jnp.where(positive, r, 0.0)
+
+
+class AbstractKernel(eqx.Module):
+    """A positive-definite covariance function `k(x1, x2)`.
+
+    Subclasses implement [`evaluate`][ngvi.kernels.AbstractKernel.evaluate] for a single pair of
+    points; Gram matrices and diagonals follow. Kernels combine with `+` and `*`.
+    """
+
+    @abc.abstractmethod
+    def evaluate(self, x1: Float[Array, " d"], x2: Float[Array, " d"]) -> Float[Array, ""]:
+        """Return `k(x1, x2)` for two single points of dimension `d`."""
+
+    def __call__(
+        self, X1: Float[ArrayLike, "n ..."], X2: Float[ArrayLike, "m ..."]
+    ) -> Float[Array, "n m"]:
+        """Return the Gram matrix `K[i, j] = k(X1[i], X2[j])`.
+
+        Inputs of shape `(n,)` are read as `(n, 1)`.
+        """
+        X1, X2 = as_2d_inputs(X1), as_2d_inputs(X2)
+        if X1.shape[1] != X2.shape[1]:
+            raise ValueError(
+                f"`X1` and `X2` must have the same input dimension, got {X1.shape} and {X2.shape}."
+            )
+        row = jax.vmap(self.evaluate, in_axes=(None, 0))
+        return jax.vmap(row, in_axes=(0, None))(X1, X2)
+
+    def diagonal(self, X: Float[ArrayLike, "n ..."]) -> Float[Array, " n"]:
+        """Return `k(X[i], X[i])` for every row, without forming the Gram matrix."""
+        return jax.vmap(lambda x: self.evaluate(x, x))(as_2d_inputs(X))
+
+    def __add__(self, other: "AbstractKernel") -> "SumKernel":
+        if not isinstance(other, AbstractKernel):
+            return NotImplemented
+        return SumKernel(self, other)
+
+    def __mul__(self, other: "AbstractKernel") -> "ProductKernel":
+        if not isinstance(other, AbstractKernel):
+            return NotImplemented
+        return ProductKernel(self, other)
+
+
+class SumKernel(AbstractKernel):
+    """The sum `k(x1, x2) = k_1(x1, x2) + k_2(x1, x2)` of two kernels."""
+
+    first: AbstractKernel
+    second: AbstractKernel
+
+    def evaluate(self, x1: Float[Array, " d"], x2: Float[Array, " d"]) -> Float[Array, ""]:
+        return self.first.evaluate(x1, x2) + self.second.evaluate(x1, x2)
+
+
+class ProductKernel(AbstractKernel):
+    """The product `k(x1, x2) = k_1(x1, x2) k_2(x1, x2)` of two kernels."""
+
+    first: AbstractKernel
+    second: AbstractKernel
+
+    def evaluate(self, x1: Float[Array, " d"], x2: Float[Array, " d"]) -> Float[Array, ""]:
+        return self.first.evaluate(x1, x2) * self.second.evaluate(x1, x2)
+
+
+class AbstractStationaryKernel(AbstractKernel):
+    """A stationary kernel `k(x1, x2) = sigma^2 * kappa(r^2)` of the scaled squared distance
+
+    `r^2 = sum_i ((x1_i - x2_i) / ell_i)^2`.
+
+    **Arguments:**
+
+    - `variance`: the signal variance `sigma^2 > 0`.
+    - `lengthscale`: `ell > 0`, a scalar or one per input dimension (shape `(d,)`).
+
+    Both are stored as logarithms (`log_variance`, `log_lengthscale`), so any real value of the
+    stored parameters gives a valid kernel.
+    """
+
+    log_variance: Float[Array, ""]
+    log_lengthscale: Float[Array, "*d"]
+
+    def __init__(self, variance: ArrayLike = 1.0, lengthscale: ArrayLike = 1.0):
+        check_positive(variance, "variance")
+        check_positive(lengthscale, "lengthscale")
+        variance, lengthscale = _as_float_array(variance), _as_float_array(lengthscale)
+        if variance.ndim != 0:
+            raise ValueError(f"`variance` must be a scalar, got shape {variance.shape}.")
+        if lengthscale.ndim > 1:
+            raise ValueError(
+                f"`lengthscale` must be a scalar or a vector, got shape {lengthscale.shape}."
+            )
+        self.log_variance = jnp.log(variance)
+        self.log_lengthscale = jnp.log(lengthscale)
+
+    @property
+    def variance(self) -> Float[Array, ""]:
+        """The signal variance `sigma^2 = exp(log_variance)`."""
+        return jnp.exp(self.log_variance)
+
+    @property
+    def lengthscale(self) -> Float[Array, "*d"]:
+        """The lengthscale(s) `ell = exp(log_lengthscale)`."""
+        return jnp.exp(self.log_lengthscale)
+
+    @abc.abstractmethod
+    def profile(self, r2: Float[Array, ""]) -> Float[Array, ""]:
+        """Return `kappa(r^2)`, the kernel as a function of the scaled squared distance."""
+
+    def evaluate(self, x1: Float[Array, " d"], x2: Float[Array, " d"]) -> Float[Array, ""]:
+        scaled = (x1 - x2) / self.lengthscale
+        return self.variance * self.profile(jnp.sum(scaled**2))
+
+
+class SquaredExponential(AbstractStationaryKernel):
+    """The squared-exponential (RBF) kernel `k(x1, x2) = sigma^2 exp(-r^2 / 2)`."""
+
+    def profile(self, r2: Float[Array, ""]) -> Float[Array, ""]:
+        return jnp.exp(-0.5 * r2)
+
+
+class Matern12(AbstractStationaryKernel):
+    """The Matérn-1/2 (exponential) kernel `k(x1, x2) = sigma^2 exp(-r)`, `r = sqrt(r^2)`."""
+
+    def profile(self, r2: Float[Array, ""]) -> Float[Array, ""]:
+        return jnp.exp(-_safe_sqrt(r2))
+
+
+class Matern32(AbstractStationaryKernel):
+    """The Matérn-3/2 kernel `k(x1, x2) = sigma^2 (1 + sqrt(3) r) exp(-sqrt(3) r)`."""
+
+    def profile(self, r2: Float[Array, ""]) -> Float[Array, ""]:
+        s = math.sqrt(3.0) * _safe_sqrt(r2)
+        return (1.0 + s) * jnp.exp(-s)
+
+
+class Matern52(AbstractStationaryKernel):
+    """The Matérn-5/2 kernel `k(x1, x2) = sigma^2 (1 + sqrt(5) r + 5 r^2 / 3) exp(-sqrt(5) r)`."""
+
+    def profile(self, r2: Float[Array, ""]) -> Float[Array, ""]:
+        s = math.sqrt(5.0) * _safe_sqrt(r2)
+        return (1.0 + s + s**2 / 3.0) * jnp.exp(-s)

@@ -1,0 +1,194 @@
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from scipy.spatial.distance import cdist
+
+from ngvi.kernels import (
+    Matern12,
+    Matern32,
+    Matern52,
+    ProductKernel,
+    SquaredExponential,
+    SumKernel,
+    as_2d_inputs,
+)
+
+
+def _reference_profile(name, r):
+    """Kernel profiles in terms of the (unsquared) scaled distance r, written independently."""
+    if name == "se":
+        return np.exp(-0.5 * r**2)
+    if name == "m12":
+        return np.exp(-r)
+    if name == "m32":
+        return (1 + np.sqrt(3) * r) * np.exp(-np.sqrt(3) * r)
+    return (1 + np.sqrt(5) * r + 5 * r**2 / 3) * np.exp(-np.sqrt(5) * r)
+
+
+KERNELS = {"se": SquaredExponential, "m12": Matern12, "m32": Matern32, "m52": Matern52}
+ALL = pytest.mark.parametrize("name", list(KERNELS))
+
+
+def _inputs(key, n, d):
+    X = jax.random.normal(key, (n, d)) if d else jax.random.normal(key, (n,))
+    return np.asarray(X)
+
+
+@ALL
+@pytest.mark.parametrize("d, lengthscale", [(0, 0.7), (1, 1.3), (2, 0.5), (2, [0.4, 2.0])])
+def test_gram_matches_numpy(name, d, lengthscale, getkey):
+    X1, X2 = _inputs(getkey(), 7, d), _inputs(getkey(), 5, d)
+    kernel = KERNELS[name](variance=1.7, lengthscale=lengthscale)
+    K = kernel(X1, X2)
+    ell = np.asarray(lengthscale)
+    A, B = X1.reshape(len(X1), -1), X2.reshape(len(X2), -1)
+    r = cdist(A / ell, B / ell)
+    expected = 1.7 * _reference_profile(name, r)
+    assert K.shape == (7, 5)
+    np.testing.assert_allclose(K, expected, rtol=1e-12, atol=1e-14)
+
+
+def test_per_dimension_lengthscale_is_weighted_euclidean(getkey):
+    X = _inputs(getkey(), 6, 2)
+    ell = np.array([0.3, 3.0])
+    K = Matern12(lengthscale=ell)(X, X)
+    # an explicit double loop, independent of broadcasting in cdist
+    expected = np.array([[np.exp(-np.sqrt(np.sum(((a - b) / ell) ** 2))) for b in X] for a in X])
+    np.testing.assert_allclose(K, expected, rtol=1e-12)
+
+
+def test_matern12_is_exponential_kernel(getkey):
+    x = _inputs(getkey(), 8, 0)
+    K = Matern12(variance=2.0, lengthscale=0.9)(x, x)
+    expected = 2.0 * np.exp(-np.abs(x[:, None] - x[None, :]) / 0.9)
+    np.testing.assert_allclose(K, expected, rtol=1e-12)
+
+
+def test_smoother_kernels_decay_more_slowly(getkey):
+    # at a fixed distance r in (0, ~1), smoother kernels decay more slowly:
+    # m12 < m32 < m52 < se
+    x = jnp.array([0.0, 0.5])
+    values = [KERNELS[n]()(x, x)[0, 1] for n in ["m12", "m32", "m52", "se"]]
+    assert all(a < b for a, b in zip(values, values[1:], strict=False))
+
+
+@ALL
+def test_gram_is_symmetric_psd_with_unit_diagonal(name, getkey):
+    X = _inputs(getkey(), 40, 2)
+    K = np.asarray(KERNELS[name](variance=1.5, lengthscale=[0.5, 1.5])(X, X))
+    np.testing.assert_allclose(K, K.T, rtol=0, atol=1e-14)
+    assert np.linalg.eigvalsh(K).min() >= -1e-10 * len(X)
+    np.testing.assert_allclose(np.diag(K), 1.5, rtol=1e-14)
+
+
+@ALL
+def test_diagonal_matches_gram(name, getkey):
+    X = _inputs(getkey(), 9, 3)
+    kernel = KERNELS[name](variance=0.8, lengthscale=[0.5, 1.0, 2.0])
+    np.testing.assert_allclose(kernel.diagonal(X), np.diag(kernel(X, X)), rtol=1e-14)
+    assert kernel.diagonal(X).shape == (9,)
+
+
+def test_sum_and_product_kernels(getkey):
+    X1, X2 = _inputs(getkey(), 6, 2), _inputs(getkey(), 4, 2)
+    k1, k2 = SquaredExponential(variance=2.0, lengthscale=0.5), Matern32(lengthscale=[1.0, 3.0])
+    added, multiplied = k1 + k2, k1 * k2
+    assert isinstance(added, SumKernel) and isinstance(multiplied, ProductKernel)
+    np.testing.assert_allclose(added(X1, X2), k1(X1, X2) + k2(X1, X2), rtol=1e-14)
+    np.testing.assert_allclose(multiplied(X1, X2), k1(X1, X2) * k2(X1, X2), rtol=1e-14)
+    nested = (k1 + k2) * Matern12()
+    np.testing.assert_allclose(
+        nested.diagonal(X1), (k1.diagonal(X1) + k2.diagonal(X1)) * 1.0, rtol=1e-14
+    )
+
+
+def test_adding_a_non_kernel_is_a_type_error():
+    with pytest.raises(TypeError):
+        SquaredExponential() + 1.0
+
+
+def test_hyperparameters_are_stored_as_logs():
+    kernel = Matern52(variance=3.0, lengthscale=[0.5, 2.0])
+    np.testing.assert_allclose(kernel.log_variance, np.log(3.0))
+    np.testing.assert_allclose(kernel.log_lengthscale, np.log([0.5, 2.0]))
+    np.testing.assert_allclose(kernel.variance, 3.0)
+    np.testing.assert_allclose(kernel.lengthscale, [0.5, 2.0])
+
+
+@ALL
+@pytest.mark.parametrize("lengthscale", [0.7, [0.7, 1.2]])
+def test_hyperparameter_gradients_are_finite_through_the_diagonal(name, lengthscale, getkey):
+    X = _inputs(getkey(), 6, 2)
+    X = np.concatenate([X, X[:2]])  # repeated points: r = 0 off the diagonal too
+
+    @eqx.filter_grad
+    def grad(kernel):
+        return jnp.sum(kernel(X, X)) + jnp.sum(kernel.diagonal(X))
+
+    g = grad(KERNELS[name](variance=1.3, lengthscale=lengthscale))
+    assert np.all(np.isfinite(g.log_variance)) and np.all(np.isfinite(g.log_lengthscale))
+    # d/d log_variance of sum(K) + sum(diag K) is that sum itself
+    kernel = KERNELS[name](variance=1.3, lengthscale=lengthscale)
+    np.testing.assert_allclose(
+        g.log_variance, jnp.sum(kernel(X, X)) + jnp.sum(kernel.diagonal(X)), rtol=1e-12
+    )
+
+
+@ALL
+def test_input_gradient_is_finite_at_coincident_points(name):
+    kernel = KERNELS[name]()
+    g = jax.grad(lambda x: kernel.evaluate(x, jnp.zeros(2)))(jnp.zeros(2))
+    assert np.all(np.isfinite(g))
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"variance": -1.0}, "variance"),
+        ({"variance": 0.0}, "variance"),
+        ({"lengthscale": 0.0}, "lengthscale"),
+        ({"lengthscale": [1.0, -2.0]}, "lengthscale"),
+        ({"lengthscale": np.nan}, "lengthscale"),
+        ({"variance": np.inf}, "variance"),
+        ({"lengthscale": np.ones((2, 2))}, "lengthscale"),
+        ({"variance": [1.0, 2.0]}, "variance"),
+    ],
+)
+def test_invalid_hyperparameters_raise(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        SquaredExponential(**kwargs)
+
+
+def test_mismatched_input_dimensions_raise(getkey):
+    with pytest.raises(ValueError, match="X1"):
+        SquaredExponential()(_inputs(getkey(), 3, 2), _inputs(getkey(), 3, 3))
+
+
+def test_as_2d_inputs():
+    assert as_2d_inputs(jnp.arange(4.0)).shape == (4, 1)
+    assert as_2d_inputs(jnp.ones((4, 3))).shape == (4, 3)
+    with pytest.raises(ValueError, match="X"):
+        as_2d_inputs(jnp.ones((2, 2, 2)))
+
+
+def test_jit_and_traced_construction(getkey):
+    X = _inputs(getkey(), 5, 1)
+
+    @jax.jit
+    def gram(log_ell):
+        return Matern32(lengthscale=jnp.exp(log_ell))(X, X)
+
+    np.testing.assert_allclose(gram(jnp.log(0.6)), Matern32(lengthscale=0.6)(X, X), rtol=1e-12)
+
+
+@ALL
+def test_float32(name, getkey):
+    with jax.enable_x64(False):
+        X = jnp.asarray(_inputs(getkey(), 30, 2), jnp.float32)
+        kernel = KERNELS[name](variance=2.0, lengthscale=[0.3, 1.5])
+        K = kernel(X, X)
+        g = eqx.filter_grad(lambda k: jnp.sum(k(X, X)))(kernel)
+        assert K.dtype == jnp.float32 and kernel.log_variance.dtype == jnp.float32
+        assert np.all(np.isfinite(K)) and np.all(np.isfinite(g.log_lengthscale))
