@@ -1,0 +1,45 @@
+"""ngvi: natural-gradient variational inference with Gaussian approximate posteriors."""
+
+import importlib.metadata
+
+from . import datasets as datasets, kernels as kernels, likelihoods as likelihoods
+from .fit import FitOutcome as FitOutcome, FitResult as FitResult, History as History, fit as fit
+from .gaussian import (
+    blr_diag_update as blr_diag_update,
+    blr_full_update as blr_full_update,
+    damped_natural_update as damped_natural_update,
+    gauss_newton_precision as gauss_newton_precision,
+    gaussian_entropy as gaussian_entropy,
+    gaussian_kl as gaussian_kl,
+    likelihood_site as likelihood_site,
+    moments_to_natural as moments_to_natural,
+    natural_to_moments as natural_to_moments,
+    newton_update as newton_update,
+    riemannian_psd_correction as riemannian_psd_correction,
+    variational_elbo_gaussian as variational_elbo_gaussian,
+    variational_elbo_mc as variational_elbo_mc,
+)
+from .models import (
+    AbstractModel as AbstractModel,
+    GPModel as GPModel,
+    LinearModel as LinearModel,
+    Model as Model,
+)
+from .optimizers import (
+    AbstractOptimizer as AbstractOptimizer,
+    NaturalGradient as NaturalGradient,
+    StepInfo as StepInfo,
+)
+from .predict import Prediction as Prediction, predict as predict
+from .priors import GaussianPrior as GaussianPrior, GPPrior as GPPrior
+from .variational import (
+    DenseGaussianVariational as DenseGaussianVariational,
+    DiagonalGaussianVariational as DiagonalGaussianVariational,
+    GaussianVariational as GaussianVariational,
+    SiteGaussianVariational as SiteGaussianVariational,
+)
+
+try:
+    __version__ = importlib.metadata.version("ngvi")
+except importlib.metadata.PackageNotFoundError:  # running from a source tree
+    __version__ = "0.0.0"

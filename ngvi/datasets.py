@@ -1,0 +1,42 @@
+"""Small data sets bundled with ngvi (provenance in `ngvi/data/README.md`)."""
+
+from importlib.resources import files
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def _path(name: str):
+    return files("ngvi") / "data" / name
+
+
+def banana() -> tuple[np.ndarray, np.ndarray]:
+    """The 400-point 2-D "banana" classification set: inputs `(400, 2)`, labels in {0, 1}."""
+    X = np.loadtxt(_path("banana_X_train.txt"), delimiter=",")
+    y = np.loadtxt(_path("banana_Y_train.txt"))
+    return X, y
+
+
+def coal_mining(bin_width: float = 1.0) -> tuple[np.ndarray, np.ndarray]:
+    """British coal-mining disasters 1851-1962 binned into counts.
+
+    Returns bin centres (years) and the number of disasters in each bin of `bin_width` years.
+    """
+    dates = np.loadtxt(_path("coal.txt"))
+    edges = np.arange(np.floor(dates.min()), np.ceil(dates.max()) + bin_width, bin_width)
+    counts, edges = np.histogram(dates, bins=edges)
+    return 0.5 * (edges[:-1] + edges[1:]), counts.astype(float)
+
+
+def tutorial(seed: int = 42, num_points: int = 30) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """The 1-D classification problem of the public tutorial ngvi grew out of.
+
+    `X = sort(U(-3, 3))` from the first half of `split(PRNGKey(seed))`; labels `+1` where
+    `X > 0.3` else `-1`, with 10% flipped by a Bernoulli draw on the second half.
+    """
+    key_x, key_flip = jax.random.split(jax.random.PRNGKey(seed))
+    X = jnp.sort(jax.random.uniform(key_x, (num_points,), minval=-3.0, maxval=3.0))
+    y = jnp.where(X > 0.3, 1.0, -1.0)
+    flip = jax.random.bernoulli(key_flip, 0.1, (num_points,))
+    return X, jnp.where(flip, -y, y)
