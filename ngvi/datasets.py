@@ -33,10 +33,16 @@ def tutorial(seed: int = 42, num_points: int = 30) -> tuple[jnp.ndarray, jnp.nda
     """The 1-D classification problem of the public tutorial ngvi grew out of.
 
     `X = sort(U(-3, 3))` from the first half of `split(PRNGKey(seed))`; labels `+1` where
-    `X > 0.3` else `-1`, with 10% flipped by a Bernoulli draw on the second half.
+    `X > 0.3` else `-1`, with 10% flipped by a Bernoulli draw on the second half (4 of the 30
+    labels for the default seed). The draws are made in float64 whatever the precision mode,
+    so the data are the same with and without `jax_enable_x64`; they are returned in the
+    default float dtype.
     """
-    key_x, key_flip = jax.random.split(jax.random.PRNGKey(seed))
-    X = jnp.sort(jax.random.uniform(key_x, (num_points,), minval=-3.0, maxval=3.0))
-    y = jnp.where(X > 0.3, 1.0, -1.0)
-    flip = jax.random.bernoulli(key_flip, 0.1, (num_points,))
-    return X, jnp.where(flip, -y, y)
+    with jax.enable_x64(True):
+        key_x, key_flip = jax.random.split(jax.random.PRNGKey(seed))
+        X = jnp.sort(jax.random.uniform(key_x, (num_points,), minval=-3.0, maxval=3.0))
+        y = jnp.where(X > 0.3, 1.0, -1.0)
+        flip = jax.random.bernoulli(key_flip, 0.1, (num_points,))
+        X, y = np.asarray(X), np.asarray(jnp.where(flip, -y, y))
+    dtype = jnp.zeros(()).dtype
+    return jnp.asarray(X, dtype), jnp.asarray(y, dtype)
