@@ -1,23 +1,28 @@
-"""Command line: `python -m ngvi demo` (and `ngvi demo` once installed)."""
+"""Command line: `python -m ngvi demo|fit` (and `ngvi demo|fit` once installed)."""
 
 import argparse
 import sys
+
+from .cli import add_fit_parser
 
 
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(out=args.out, num_steps=args.steps)
+    run_demo(out=args.out, quick=args.quick)
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ngvi", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="fit the corrected tutorial problem and report")
-    demo.add_argument("--out", default="demo-output", help="folder for plots")
-    demo.add_argument("--steps", type=int, default=20, help="natural-gradient steps")
+    demo = commands.add_parser(
+        "demo", help="fit the corrected tutorial problem with every strategy and report"
+    )
+    demo.add_argument("--out", default="demo-output", help="folder for the plots")
+    demo.add_argument("--quick", action="store_true", help="fewer steps for the slow strategies")
     demo.set_defaults(run=_demo)
+    add_fit_parser(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 

@@ -2,9 +2,14 @@
 
 The loop is a `lax.while_loop` under `eqx.filter_jit`, compiled once per problem shape. It runs
 in chunks so that a progress bar can advance between them; the chunk boundary is a traced
-argument, so chunking never recompiles. The carry holds only the variational parameters
-(the prior's `n x n` covariance stays outside the loop).
+argument, so chunking never recompiles. Without hyperparameter learning the carry holds only the
+variational parameters (the prior's `n x n` covariance stays outside the loop). With
+`learn=LearnHyperparameters(...)` it also holds the learned part of the model and the optax
+state, and each iteration is one strategy step on `q` then one optax step on the
+hyperparameters (see `ngvi.hyperparameters`).
 """
+
+import warnings
 
 import equinox as eqx
 import jax
@@ -13,6 +18,12 @@ import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 from tqdm.auto import tqdm
 
+from .hyperparameters import (
+    LearnHyperparameters,
+    has_learnable,
+    hyperparameter_step,
+    rebuild_variational,
+)
 from .models import AbstractModel
 from .optimizers.base import AbstractOptimizer
 from .variational import GaussianVariational
@@ -24,6 +35,10 @@ class FitOutcome(eqx.Enumeration):
     converged = "the ELBO changed by less than the tolerance between steps"
     max_steps = "the step budget ran out before the ELBO met the tolerance"
     failed = "a step produced NaN/inf; the last finite posterior was kept"
+    stalled = (
+        "no step size kept the precision positive definite (every backoff was rejected); "
+        "the last valid posterior was kept: try psd_correction=True, GaussNewton or a smaller lr"
+    )
 
 
 class History(eqx.Module):
@@ -38,12 +53,14 @@ class History(eqx.Module):
 class FitResult(eqx.Module):
     """What `fit` returns.
 
-    - `q`: the fitted `GaussianVariational`.
+    - `q`: the fitted `GaussianVariational` (under `model`).
     - `elbo`: its exact ELBO (closed form / quadrature), equal to `model.elbo(q)`.
     - `initial_elbo`: the ELBO of the starting `q`.
     - `history`: per-step ELBO, accepted step size, step backoffs, smallest precision.
     - `num_steps`: steps taken.
     - `outcome`: a `FitOutcome` item; `result.message` says it in words.
+    - `model`: the model `q` belongs to: the input model, with learned hyperparameters when
+      `fit` was given `learn=` (same type as the input).
     """
 
     q: GaussianVariational
@@ -52,6 +69,7 @@ class FitResult(eqx.Module):
     history: History
     num_steps: int
     outcome: FitOutcome
+    model: AbstractModel
 
     @property
     def message(self) -> str:
@@ -75,13 +93,15 @@ class FitResult(eqx.Module):
         }
 
 
-_RUNNING, _CONVERGED, _FAILED = 0, 1, 2
+_RUNNING, _CONVERGED, _FAILED, _STALLED = 0, 1, 2, 3
 
 
 class _Carry(eqx.Module):
     parameters: tuple
-    previous: tuple
     state: object
+    learned: object  # the learned leaves of the model (None without learning)
+    learned_state: object  # their optax state (None without learning)
+    previous: tuple  # (parameters, learned, learned_state) one step earlier
     step: Int[Array, ""]
     status: Int[Array, ""]
     elbo: Float[Array, " m"]  # elbo[s] = ELBO after s steps
@@ -97,35 +117,62 @@ def _all_finite(tree) -> Array:
 
 
 @eqx.filter_jit
-def _run_chunk(model, optimizer, template, carry: _Carry, stop_at, tol) -> _Carry:
+def _run_chunk(model, optimizer, template, learn, carry: _Carry, stop_at, tol) -> _Carry:
+    # Without `learn`, `model` is the whole model and `template` the starting q. With it,
+    # `model` is the fixed part (learned leaves None) and q is rebuilt each step.
     def running(c):
         return (c.status == _RUNNING) & (c.step < stop_at)
 
     def body(c):
         key, subkey = jax.random.split(c.key)
-        q = template.with_parameters(c.parameters)
-        new_q, state, info = optimizer.step(model, q, c.state, c.step, subkey)
+        if learn is None:
+            step_model = model
+            q = template.with_parameters(c.parameters)
+        else:
+            step_model = eqx.combine(c.learned, model)
+            q = rebuild_variational(optimizer, step_model, c.parameters)
+        new_q, state, info = optimizer.step(step_model, q, c.state, c.step, subkey)
+        learned, learned_state = c.learned, c.learned_state
+        if learn is not None:
+            learned, learned_state = hyperparameter_step(
+                learn, optimizer, learned, model, new_q.parameters, learned_state
+            )
+        current = (c.parameters, c.learned, c.learned_state)
+        proposed = (new_q.parameters, learned, learned_state)
         s = c.step
         elbo = c.elbo.at[s].set(info.elbo)
         change = jnp.abs(info.elbo - c.elbo[jnp.maximum(s - 1, 0)])
-        threshold = jnp.maximum(tol, 100 * jnp.finfo(info.elbo.dtype).eps)
+        # `tol = 0` disables early stopping (as documented); a positive `tol` is floored at a
+        # few ulps so that rounding noise cannot keep the loop going forever.
+        threshold = jnp.where(
+            tol > 0, jnp.maximum(tol, 100 * jnp.finfo(info.elbo.dtype).eps), -jnp.inf
+        )
         converged = (s > 0) & (change <= threshold * (1.0 + jnp.abs(info.elbo)))
         bad_start = ~jnp.isfinite(info.elbo)
-        bad_step = ~_all_finite((new_q.parameters, state))
+        bad_step = ~_all_finite((proposed, state))
         failed = bad_start | bad_step
-        # On failure keep the last posterior whose ELBO was finite.
+        # On failure keep the last posterior (and hyperparameters) whose ELBO was finite.
         fallback = jax.tree.map(
-            lambda prev, cur: jnp.where(bad_start, prev, cur), c.previous, c.parameters
+            lambda prev, cur: jnp.where(bad_start, prev, cur), c.previous, current
         )
-        parameters = jax.tree.map(
-            lambda new, old: jnp.where(failed, old, new), new_q.parameters, fallback
+        parameters, learned, learned_state = jax.tree.map(
+            lambda new, old: jnp.where(failed, old, new), proposed, fallback
         )
         state = jax.tree.map(lambda new, old: jnp.where(failed, old, new), state, c.state)
-        status = jnp.where(failed, _FAILED, jnp.where(converged, _CONVERGED, _RUNNING))
+        # A strategy that backed off and rejected every step size reports step_size 0: q did not
+        # move, so an unchanged ELBO would otherwise pass for convergence.
+        stalled = (info.num_backoffs > 0) & (info.step_size <= 0)
+        status = jnp.where(
+            failed,
+            _FAILED,
+            jnp.where(stalled, _STALLED, jnp.where(converged, _CONVERGED, _RUNNING)),
+        )
         return _Carry(
             parameters=parameters,
-            previous=c.parameters,
             state=state,
+            learned=learned,
+            learned_state=learned_state,
+            previous=current,
             step=jnp.where(failed, s - bad_start.astype(s.dtype), s + 1),
             status=status,
             elbo=elbo,
@@ -143,6 +190,9 @@ def _elbo(model, q):
     return model.elbo(q)
 
 
+_rebuild = eqx.filter_jit(rebuild_variational)
+
+
 def fit(
     model: AbstractModel,
     optimizer: AbstractOptimizer,
@@ -153,12 +203,19 @@ def fit(
     tol: float = 1e-9,
     progress: bool = True,
     throw: bool = True,
+    learn: LearnHyperparameters | None = None,
 ) -> FitResult:
     """Fit the variational posterior of `model` with an optimizer strategy.
 
     Runs `optimizer.step` until the ELBO changes by at most `tol * (1 + |ELBO|)` between
     consecutive steps, or `num_steps` steps. Every step is checked for NaN/inf: a bad step
     ends the fit with `FitOutcome.failed` and the last finite posterior.
+
+    With `learn`, each step is followed by one optax step on the model's hyperparameters
+    `theta` (kernel variance and lengthscales, likelihood noise, ...), maximising
+    `ELBO(theta, q)` with the variational parameters (for a GP: the sites) held fixed; `K` is
+    recomputed from the kernel. The fixed point maximises `max_q ELBO(theta, q)`, which for a
+    Gaussian likelihood is the exact log marginal likelihood.
 
     **Arguments:**
 
@@ -170,26 +227,51 @@ def fit(
     - `tol`: relative ELBO tolerance for early stopping (`0` disables it).
     - `progress`: show a progress bar (it appears only once a fit has run for three seconds).
     - `throw`: raise `RuntimeError` if the fit failed (NaN/inf) instead of returning.
+    - `learn`: a `LearnHyperparameters` (optax optimizer and which leaves to learn), or `None`
+      to keep the hyperparameters fixed.
 
-    **Returns:** a `FitResult`.
+    **Returns:** a `FitResult`; `result.model` carries the learned hyperparameters.
 
     ```python
     result = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), num_steps=20)
     result.elbo, result.history.elbo, result.outcome
+
+    learn = ngvi.LearnHyperparameters(optax.adam(1e-2))
+    result = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), num_steps=500, learn=learn)
+    result.model.prior.kernel.lengthscale, result.model.elbo(result.q) == result.elbo
     ```
     """
     if num_steps < 0:
         raise ValueError(f"`num_steps` must be non-negative, got {num_steps}.")
+    if learn is not None and not isinstance(learn, LearnHyperparameters):
+        raise TypeError(f"`learn` must be a LearnHyperparameters or None, got {type(learn)}.")
+    initial = optimizer.init_variational(model) if q is None or learn is not None else None
     if q is None:
-        q = optimizer.init_variational(model)
+        q = initial
+    learned, learned_state, loop_model = None, None, model
+    if learn is not None:
+        if type(q) is not type(initial):
+            raise ValueError(
+                f"With `learn`, `q` must be the optimizer's family ({type(initial).__name__}) so "
+                f"that it can be rebuilt under new hyperparameters; got {type(q).__name__}."
+            )
+        learned, loop_model = learn.partition(model)
+        if has_learnable(learned):
+            learned_state = learn.optimizer.init(learned)
+        else:  # nothing selected: the plain loop, no per-step rebuild
+            learn, learned, loop_model = None, None, model
     key = jax.random.PRNGKey(0) if key is None else key
     dtype = model.y.dtype
     buffer = num_steps + 1
     carry = _Carry(
         parameters=q.parameters,
-        previous=q.parameters,
         state=optimizer.init(model, q),
-        step=jnp.asarray(0),
+        learned=learned,
+        learned_state=learned_state,
+        previous=(q.parameters, learned, learned_state),
+        # A strongly typed 0: a weak one comes back from the while_loop strongly typed (the
+        # body adds to it), and the next chunk would then recompile.
+        step=jnp.asarray(0, dtype=jnp.result_type(int)),
         status=jnp.asarray(_RUNNING),
         elbo=jnp.full(buffer, jnp.nan, dtype),
         step_size=jnp.zeros(buffer, dtype),
@@ -203,18 +285,26 @@ def fit(
         while int(carry.step) < num_steps and int(carry.status) == _RUNNING:
             before = int(carry.step)
             stop_at = jnp.asarray(min(before + chunk, num_steps))
-            carry = _run_chunk(model, optimizer, q, carry, stop_at, tol)
+            carry = _run_chunk(loop_model, optimizer, q, learn, carry, stop_at, tol)
             bar.update(int(carry.step) - before)
             bar.set_postfix(elbo=f"{float(carry.elbo[max(int(carry.step) - 1, 0)]):.6g}")
     steps = int(carry.step)
-    final_q = q.with_parameters(carry.parameters)
-    final_elbo = _elbo(model, final_q)
+    if learn is None:
+        final_model = model
+        final_q = q.with_parameters(carry.parameters)
+    else:
+        final_model = eqx.combine(carry.learned, loop_model)
+        final_q = _rebuild(optimizer, final_model, carry.parameters)
+    final_elbo = _elbo(final_model, final_q)
     status = int(carry.status)
     outcome = {
         _RUNNING: FitOutcome.max_steps,
         _CONVERGED: FitOutcome.converged,
         _FAILED: FitOutcome.failed,
+        _STALLED: FitOutcome.stalled,
     }[status]
+    if status == _STALLED:
+        warnings.warn(f"ngvi.fit stopped after {steps} steps: {FitOutcome[outcome]}.", stacklevel=2)
     if status == _FAILED and throw:
         raise RuntimeError(
             f"ngvi.fit failed after {steps} steps: a step produced NaN/inf. "
@@ -228,4 +318,4 @@ def fit(
         num_backoffs=carry.num_backoffs[:steps],
         min_precision=carry.min_precision[:steps],
     )
-    return FitResult(final_q, final_elbo, elbos[0], history, steps, outcome)
+    return FitResult(final_q, final_elbo, elbos[0], history, steps, outcome, final_model)

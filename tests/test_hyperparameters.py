@@ -1,0 +1,216 @@
+"""Hyperparameter learning in `fit`: against a direct maximisation of the exact marginal
+likelihood, ARD, non-conjugate likelihoods, `where=` selection and failure handling."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.optimize
+from helpers import tutorial_model
+
+import ngvi
+
+JITTER = 1e-6
+
+
+def _regression_data(n=50, seed=0):
+    rng = np.random.default_rng(seed)
+    X = np.sort(rng.uniform(-3.0, 3.0, n))
+    y = np.sin(2.0 * X) + 0.3 * rng.standard_normal(n)
+    return X, y
+
+
+def _exact_log_marginal(log_params, X, y):
+    """`log N(y | 0, s2 exp(-|x - x'|^2 / 2 ell^2) + (noise + jitter) I)` in numpy."""
+    log_variance, log_lengthscale, log_noise = log_params
+    d2 = (X[:, None] - X[None, :]) ** 2
+    K = np.exp(log_variance) * np.exp(-0.5 * d2 / np.exp(2 * log_lengthscale))
+    C = K + (np.exp(log_noise) + JITTER) * np.eye(len(X))
+    L = np.linalg.cholesky(C)
+    alpha = np.linalg.solve(L, y)
+    return -0.5 * alpha @ alpha - np.sum(np.log(np.diag(L))) - 0.5 * len(X) * np.log(2 * np.pi)
+
+
+def _gaussian_model(X, y, variance=1.0, lengthscale=1.0, noise=1.0):
+    kernel = ngvi.kernels.SquaredExponential(variance=variance, lengthscale=lengthscale)
+    prior = ngvi.GPPrior(kernel, jitter=JITTER)
+    return ngvi.Model(prior, ngvi.likelihoods.Gaussian(noise), X, y)
+
+
+def test_gaussian_matches_exact_marginal_likelihood_maximiser():
+    X, y = _regression_data()
+    direct = scipy.optimize.minimize(
+        lambda t: -_exact_log_marginal(t, X, y),
+        np.zeros(3),
+        method="Nelder-Mead",
+        options={"xatol": 1e-10, "fatol": 1e-13, "maxiter": 20_000},
+    )
+    assert direct.success
+    learn = ngvi.LearnHyperparameters(optax.adam(0.05))
+    result = ngvi.fit(
+        _gaussian_model(X, y), ngvi.NaturalGradient(lr=1.0), 2000, learn=learn, progress=False
+    )
+    assert result.converged
+    kernel, likelihood = result.model.prior.kernel, result.model.likelihood
+    learned = np.array([kernel.variance, kernel.lengthscale, likelihood.variance])
+    np.testing.assert_allclose(learned, np.exp(direct.x), rtol=1e-3)
+    # The ELBO of the converged q is the exact log marginal likelihood at the learned
+    # hyperparameters, and that is the maximum.
+    learned_logs = np.log(learned)
+    np.testing.assert_allclose(result.elbo, _exact_log_marginal(learned_logs, X, y), rtol=1e-6)
+    np.testing.assert_allclose(result.elbo, -direct.fun, rtol=1e-6)
+
+
+def test_result_model_and_q_are_consistent():
+    X, y = _regression_data(30)
+    model = _gaussian_model(X, y)
+    result = ngvi.fit(
+        model, ngvi.NaturalGradient(), 50, learn=ngvi.LearnHyperparameters(), progress=False
+    )
+    assert type(result.model) is type(model)
+    np.testing.assert_allclose(result.elbo, result.model.elbo(result.q), rtol=1e-12)
+    # q is built on the learned kernel, not the starting one.
+    np.testing.assert_allclose(
+        result.q.prior_covariance, result.model.prior.covariance(model.X), rtol=1e-12
+    )
+    assert not np.allclose(result.q.prior_covariance, model.prior.covariance(model.X))
+    assert eqx.tree_equal(result.model.X, model.X) and eqx.tree_equal(result.model.y, model.y)
+    # Without `learn` the model comes back unchanged.
+    plain = ngvi.fit(model, ngvi.NaturalGradient(), 5, progress=False)
+    assert plain.model is model
+
+
+def test_ard_lengthscales_find_the_irrelevant_dimension():
+    rng = np.random.default_rng(1)
+    X = rng.uniform(-2.0, 2.0, (60, 2))
+    y = np.sin(2.0 * X[:, 0]) + 0.1 * rng.standard_normal(60)  # ignores X[:, 1]
+    model = _gaussian_model(X, y, lengthscale=jnp.ones(2), noise=0.1)
+    learn = ngvi.LearnHyperparameters(optax.adam(0.05))
+    result = ngvi.fit(model, ngvi.NaturalGradient(), 500, learn=learn, progress=False)
+    relevant, irrelevant = np.asarray(result.model.prior.kernel.lengthscale)
+    assert irrelevant > 5.0 * relevant
+    assert result.elbo > model.elbo(ngvi.fit(model, ngvi.NaturalGradient(), 5, progress=False).q)
+
+
+def test_probit_learning_increases_the_elbo():
+    model = tutorial_model()
+    fixed = ngvi.fit(model, ngvi.NaturalGradient(), 30, progress=False)
+    learn = ngvi.LearnHyperparameters(optax.adam(0.05))
+    learned = ngvi.fit(model, ngvi.NaturalGradient(), 300, learn=learn, progress=False)
+    assert np.isfinite(learned.elbo)
+    assert np.all(np.isfinite(learned.history.elbo))
+    assert learned.elbo > fixed.elbo + 1e-3
+    # The reported ELBO is that of q under the learned model, recomputed independently.
+    rebuilt = learned.model.variational(*learned.q.parameters)
+    np.testing.assert_allclose(learned.model.elbo(rebuilt), learned.elbo, rtol=1e-10)
+
+
+def test_where_restricts_what_is_learned():
+    X, y = _regression_data(30)
+    model = _gaussian_model(X, y)
+    learn = ngvi.LearnHyperparameters(
+        optax.adam(0.05), where=lambda m: m.prior.kernel.log_lengthscale
+    )
+    result = ngvi.fit(model, ngvi.NaturalGradient(), 100, learn=learn, progress=False)
+    kernel = result.model.prior.kernel
+    assert kernel.log_variance == model.prior.kernel.log_variance
+    assert result.model.likelihood.log_variance == model.likelihood.log_variance
+    assert kernel.log_lengthscale != model.prior.kernel.log_lengthscale
+
+    only_noise = ngvi.LearnHyperparameters(optax.adam(0.05), where=lambda m: m.likelihood)
+    result = ngvi.fit(model, ngvi.NaturalGradient(), 100, learn=only_noise, progress=False)
+    assert eqx.tree_equal(result.model.prior, model.prior)
+    assert result.model.likelihood.log_variance != model.likelihood.log_variance
+
+
+def test_default_selection():
+    X, y = _regression_data(10)
+    kernel = ngvi.kernels.SquaredExponential(1.0, 1.0)
+    prior = ngvi.GPPrior(kernel, mean=0.5)
+    learn = ngvi.LearnHyperparameters()
+
+    spec = learn.filter_spec(ngvi.Model(prior, ngvi.likelihoods.StudentT(), X, y))
+    assert spec.prior.kernel.log_variance and spec.prior.kernel.log_lengthscale
+    assert spec.likelihood.log_scale and spec.likelihood.log_df
+    assert not (spec.X or spec.y or spec.prior.mean)
+
+    counts = np.arange(10.0)
+    poisson = ngvi.likelihoods.Poisson(exposure=np.ones(10))
+    spec = learn.filter_spec(ngvi.Model(prior, poisson, X, counts))
+    assert not spec.likelihood.exposure
+
+    spec = learn.filter_spec(ngvi.Model(prior, ngvi.likelihoods.Probit(), X, y > 0))
+    assert jax.tree_util.tree_leaves(spec.likelihood) == []
+
+
+def test_nothing_to_learn_is_the_plain_fit():
+    X = np.random.default_rng(0).standard_normal((20, 2))
+    y = (X[:, 0] > 0).astype(float)
+    model = ngvi.Model(ngvi.GaussianPrior(jnp.zeros(2), 1.0), ngvi.likelihoods.Probit(), X, y)
+    learned = ngvi.fit(
+        model, ngvi.NaturalGradient(), 20, learn=ngvi.LearnHyperparameters(), progress=False
+    )
+    plain = ngvi.fit(model, ngvi.NaturalGradient(), 20, progress=False)
+    assert learned.model is model
+    np.testing.assert_allclose(learned.elbo, plain.elbo, rtol=1e-12)
+
+
+def test_linear_model_learns_the_noise():
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((200, 2))
+    y = X @ np.array([1.0, -2.0]) + 0.5 * rng.standard_normal(200)
+    prior = ngvi.GaussianPrior(jnp.zeros(2), 10.0)
+    model = ngvi.Model(prior, ngvi.likelihoods.Gaussian(1.0), X, y)
+    learn = ngvi.LearnHyperparameters(optax.adam(0.05))
+    result = ngvi.fit(model, ngvi.NaturalGradient(), 1000, learn=learn, progress=False)
+
+    # Independent truth: maximise the closed-form evidence log N(y | 0, 10 X X^T + s2 I).
+    def negative_evidence(log_noise):
+        C = 10.0 * X @ X.T + np.exp(log_noise[0]) * np.eye(len(y))
+        sign, log_det = np.linalg.slogdet(C)
+        return 0.5 * (y @ np.linalg.solve(C, y) + log_det + len(y) * np.log(2 * np.pi))
+
+    direct = scipy.optimize.minimize(
+        negative_evidence,
+        np.zeros(1),
+        method="Nelder-Mead",
+        options={"xatol": 1e-10, "fatol": 1e-13},
+    )
+    np.testing.assert_allclose(result.model.likelihood.variance, np.exp(direct.x[0]), rtol=1e-3)
+
+
+def test_nan_hyperparameter_step_fails_cleanly():
+    X, y = _regression_data(20)
+    model = _gaussian_model(X, y)
+    learn = ngvi.LearnHyperparameters(optax.sgd(jnp.nan))
+    with pytest.raises(RuntimeError, match="NaN"):
+        ngvi.fit(model, ngvi.NaturalGradient(), 10, learn=learn, progress=False)
+    result = ngvi.fit(model, ngvi.NaturalGradient(), 10, learn=learn, progress=False, throw=False)
+    assert result.outcome == ngvi.FitOutcome.failed
+    assert np.isfinite(result.elbo)
+    assert eqx.tree_equal(result.model, model)
+
+
+def test_bad_arguments():
+    X, y = _regression_data(10)
+    model = _gaussian_model(X, y)
+    with pytest.raises(TypeError, match="learn"):
+        ngvi.fit(model, ngvi.NaturalGradient(), 5, learn=optax.adam(0.1), progress=False)
+    bad_where = ngvi.LearnHyperparameters(where=lambda m: m.prior.kernel.no_such_field)
+    with pytest.raises(ValueError, match="where"):
+        ngvi.fit(model, ngvi.NaturalGradient(), 5, learn=bad_where, progress=False)
+
+
+def test_chunked_loop_carries_the_hyperparameters():
+    # The progress bar splits the loop into chunks; the learned leaves and the optax state
+    # must travel across chunk boundaries exactly.
+    X, y = _regression_data(15)
+    model = _gaussian_model(X, y)
+    learn = ngvi.LearnHyperparameters(optax.adam(0.01))
+    chunked = ngvi.fit(model, ngvi.NaturalGradient(), 60, learn=learn, progress=True, tol=0)
+    whole = ngvi.fit(model, ngvi.NaturalGradient(), 60, learn=learn, progress=False, tol=0)
+    assert chunked.num_steps == whole.num_steps == 60
+    np.testing.assert_allclose(chunked.history.elbo, whole.history.elbo, rtol=1e-12)
+    assert eqx.tree_equal(chunked.model, whole.model, rtol=1e-12, atol=0)
