@@ -19,6 +19,7 @@ from .gaussian import (
     variational_elbo_gaussian as variational_elbo_gaussian,
     variational_elbo_mc as variational_elbo_mc,
 )
+from .hyperparameters import LearnHyperparameters as LearnHyperparameters
 from .models import (
     AbstractModel as AbstractModel,
     GPModel as GPModel,
@@ -27,9 +28,13 @@ from .models import (
 )
 from .optimizers import (
     AbstractOptimizer as AbstractOptimizer,
+    Adam as Adam,
+    BLR as BLR,
+    GaussNewton as GaussNewton,
     NaturalGradient as NaturalGradient,
     StepInfo as StepInfo,
 )
+from .parametric import ParametricModel as ParametricModel
 from .predict import Prediction as Prediction, predict as predict
 from .priors import GaussianPrior as GaussianPrior, GPPrior as GPPrior
 from .variational import (
@@ -37,6 +42,11 @@ from .variational import (
     DiagonalGaussianVariational as DiagonalGaussianVariational,
     GaussianVariational as GaussianVariational,
     SiteGaussianVariational as SiteGaussianVariational,
+)
+from .whitened import (
+    AbstractWhitenedVariational as AbstractWhitenedVariational,
+    WhitenedDiagonalGaussianVariational as WhitenedDiagonalGaussianVariational,
+    WhitenedGaussianVariational as WhitenedGaussianVariational,
 )
 
 try:

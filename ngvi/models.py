@@ -29,6 +29,7 @@ from .variational import (
     SiteGaussianVariational,
     dense_kl,
 )
+from .whitened import AbstractWhitenedVariational
 
 
 class AbstractModel(eqx.Module):
@@ -85,6 +86,8 @@ class GPModel(AbstractModel):
         return self.variational(zeros, zeros)
 
     def latent_marginals_and_kl(self, q):
+        if isinstance(q, AbstractWhitenedVariational):
+            return q.latent_marginals_and_kl()
         factors = q.factorise()
         return factors.mean, factors.variance, factors.kl
 
@@ -109,6 +112,8 @@ class LinearModel(AbstractModel):
         return DenseGaussianVariational(eta1, eta2)
 
     def latent_marginals_and_kl(self, q):
+        if isinstance(q, AbstractWhitenedVariational):
+            return q.latent_marginals_and_kl(self.X)
         mean, variance = q.projected_marginals(self.X)
         return mean, variance, dense_kl(q, self.prior.mean, self.prior.cholesky())
 
@@ -116,6 +121,13 @@ class LinearModel(AbstractModel):
         prior_eta1, prior_eta2 = self.prior.natural_parameters()
         eta1 = prior_eta1 + self.X.T @ lam1
         if self.diagonal:
+            # Mean-field natural gradient (Khan & Rue 2023, diagonal BLR): only the diagonal of
+            # the curvature `Lambda_0 - H_w` multiplies `mu` in eta1; its off-diagonal part times
+            # `mu` joins the gradient, `eta1 += offdiag(H_w - Lambda_0) mu`.
+            mean, hess_scale = q.mean, 2.0 * lam2
+            curvature_mean = self.X.T @ (hess_scale * (self.X @ mean)) + 2.0 * prior_eta2 @ mean
+            curvature_diag = (self.X**2).T @ hess_scale + 2.0 * jnp.diagonal(prior_eta2)
+            eta1 = eta1 + curvature_mean - curvature_diag * mean
             return q.with_parameters((eta1, jnp.diagonal(prior_eta2) + (self.X**2).T @ lam2))
         return q.with_parameters((eta1, prior_eta2 + self.X.T @ (lam2[:, None] * self.X)))
 

@@ -7,6 +7,7 @@ from jaxtyping import Array, Float
 
 from .models import AbstractModel, GPModel, LinearModel, _as_inputs
 from .variational import GaussianVariational
+from .whitened import AbstractWhitenedVariational
 
 
 class Prediction(eqx.Module):
@@ -40,6 +41,12 @@ def _latent_gp(model: GPModel, q, X_new):
 
 
 @eqx.filter_jit
+def _latent_gp_whitened(model: GPModel, q: AbstractWhitenedVariational, X_new):
+    cross = model.prior.cross_covariance(model.X, X_new)
+    return q.predict_latent(cross, model.prior.mean_vector(X_new), model.prior.variance(X_new))
+
+
+@eqx.filter_jit
 def _predictive(likelihood, mean, variance):
     return likelihood.predictive_moments(mean, variance)
 
@@ -62,7 +69,9 @@ def predict(model: AbstractModel, q: GaussianVariational, X_new) -> Prediction:
             f"`X_new` has {X_new.shape[1]} columns but the model was fitted on "
             f"{model.X.shape[1]}."
         )
-    if isinstance(model, GPModel):
+    if isinstance(model, GPModel) and isinstance(q, AbstractWhitenedVariational):
+        mean, variance = _latent_gp_whitened(model, q, X_new)
+    elif isinstance(model, GPModel):
         mean, variance = _latent_gp(model, q, X_new)
     elif isinstance(model, LinearModel):
         mean, variance = q.projected_marginals(X_new)

@@ -19,3 +19,45 @@ def banana(n=None):
     """The 400-point banana classification set bundled with the package."""
     X, y = ngvi.datasets.banana()
     return (X, y) if n is None else (X[:n], y[:n])
+
+
+def count_step_traces(strategy, models, num_steps=3):
+    """Fit each model with `strategy` and return how many times its `step` was traced.
+
+    The counter is a Python side effect in a wrapper's `step`, so it runs only while JAX
+    traces; a strategy that compiles once traces once however many same-shaped fits it runs.
+    """
+    counter = {"traces": 0}
+
+    class TraceCounting(ngvi.AbstractOptimizer):
+        inner: ngvi.AbstractOptimizer
+
+        def init_variational(self, model):
+            return self.inner.init_variational(model)
+
+        def init(self, model, q):
+            return self.inner.init(model, q)
+
+        def step(self, model, q, state, step_count, key):
+            counter["traces"] += 1
+            return self.inner.step(model, q, state, step_count, key)
+
+    wrapped = TraceCounting(strategy)
+    for model in models:
+        ngvi.fit(model, wrapped, num_steps=num_steps, tol=0.0, progress=False)
+    return counter["traces"]
+
+
+def student_t_outliers_model(df=4.0, scale=0.1):
+    """GP regression with a Student-t likelihood: `sin(2x)` + N(0, 0.1^2) noise on 40 points,
+    with three gross outliers (+4, -5, +3.5 at indices 5, 17, 30). The likelihood is not
+    log-concave, so `E_q[H]` is positive at the outliers."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    X = np.linspace(-3.0, 3.0, 40)
+    y = np.sin(2.0 * X) + 0.1 * rng.standard_normal(40)
+    y[[5, 17, 30]] += np.array([4.0, -5.0, 3.5])
+    kernel = ngvi.kernels.SquaredExponential(variance=1.0, lengthscale=1.0)
+    likelihood = ngvi.likelihoods.StudentT(df=df, scale=scale)
+    return ngvi.Model(ngvi.GPPrior(kernel), likelihood, X, y)

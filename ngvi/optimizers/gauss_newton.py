@@ -1,0 +1,40 @@
+"""Natural-gradient VI with Gauss-Newton curvature."""
+
+import equinox as eqx
+
+from .base import StepSize
+from .natural_gradient import AbstractNaturalStep
+
+
+class GaussNewton(AbstractNaturalStep):
+    """The natural-gradient step with `E_q[H]` replaced by its Gauss-Newton form
+    (statistical linearisation of the likelihood's conditional mean `mu(f) = E[y | f]` and
+    variance `v(f) = Var[y | f]`):
+
+        H_GN(f) = -mu'(f)^2 / v(f) <= 0,
+        site_target = (E_q[g] - E_q[H_GN] mu,  1/2 E_q[H_GN])
+        eta_new     = (1 - lr) eta + lr (eta_prior + site_target)
+
+    (`likelihood.gauss_newton_derivatives`). `W_target = -E_q[H_GN] >= 0`, so the precision
+    stays positive definite by construction, also for non-log-concave likelihoods such as the
+    Student-t, where `E_q[H]` is indefinite. For a `LinearModel` the precision target is
+    `Lambda_0 + X^T diag(-E_q[H_GN]) X`, the Gauss-Newton matrix `J^T R^-1 J` of
+    `ngvi.gauss_newton_precision` with `J = X`, which `model.natural_target` forms.
+
+    The price: the fixed point is not the ELBO's stationary point (the curvature is not the
+    ELBO's), so its ELBO is below the variational optimum where the two curvatures differ
+    (e.g. probit; for canonical-link exponential families such as logit and Poisson-log
+    `H_GN = H` and the fixed points coincide).
+
+    **Arguments:** as `NaturalGradient`: `lr` (float or schedule), `precision_floor` (clamp
+    site / diagonal precisions after the step), `psd_correction` (rarely needed: the target is
+    already PSD) and `max_backoffs` (halve the step while the new precision is invalid).
+    """
+
+    lr: StepSize = 1.0
+    precision_floor: float = 0.0
+    psd_correction: bool = eqx.field(default=False, static=True)
+    max_backoffs: int = eqx.field(default=10, static=True)
+
+    def derivatives(self, likelihood, y, mean, variance):
+        return likelihood.gauss_newton_derivatives(y, mean, variance)

@@ -1,0 +1,77 @@
+"""GaussNewton: natural-gradient VI with the Gauss-Newton curvature `-E_q[mu'(f)^2 / v(f)]`.
+
+Truth: the exact log marginal likelihood (numpy) for a Gaussian likelihood, the stationarity
+equation of the Gauss-Newton fixed point, the VI optimum from `NaturalGradient` (checked
+independently by the core tests), and the identity `H_GN = H` for canonical links.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import count_step_traces, tutorial_data, tutorial_model
+
+import ngvi
+
+
+def test_gaussian_likelihood_is_exact_in_one_step():
+    X, _ = tutorial_data()
+    X = np.asarray(X)
+    y = np.sin(2.0 * X) + 0.3 * np.cos(5.0 * X)
+    noise = 0.1
+    kernel = ngvi.kernels.SquaredExponential(variance=1.5, lengthscale=1.0)
+    model = ngvi.Model(ngvi.GPPrior(kernel), ngvi.likelihoods.Gaussian(noise), X, y)
+    result = ngvi.fit(model, ngvi.GaussNewton(), 1, tol=0.0, progress=False)
+    covariance = np.asarray(model.prior.covariance(model.X)) + noise * np.eye(len(y))
+    _, log_det = np.linalg.slogdet(covariance)
+    log_marginal = -0.5 * (
+        y @ np.linalg.solve(covariance, y) + log_det + len(y) * np.log(2 * np.pi)
+    )
+    assert float(result.elbo) == pytest.approx(log_marginal, abs=1e-6)
+
+
+def test_probit_fixed_point_is_below_the_vi_optimum():
+    model = tutorial_model()
+    optimum = ngvi.fit(model, ngvi.NaturalGradient(), 100, tol=1e-14, progress=False)
+    result = ngvi.fit(model, ngvi.GaussNewton(), 200, tol=1e-14, progress=False)
+    assert optimum.converged and result.converged
+    assert np.all(np.isfinite(result.history.elbo))
+    # Both runs are converged to ~1e-12 nats; probit's Gauss-Newton curvature differs from
+    # E_q[H], so the fixed point is not the ELBO's maximiser: a gap far above that noise.
+    assert float(optimum.elbo - result.elbo) > 1e-3
+
+
+@pytest.fixture(scope="module")
+def logistic():
+    key_x, key_w, key_y = jax.random.split(jax.random.PRNGKey(3), 3)
+    features = jax.random.normal(key_x, (60, 2))
+    X = jnp.concatenate([jnp.ones((60, 1)), features], axis=1)
+    logits = X @ jnp.array([0.5, 2.0, -1.5])
+    y = jax.random.bernoulli(key_y, jax.nn.sigmoid(logits)).astype(float)
+    prior = ngvi.GaussianPrior(jnp.zeros(3), 2.0 * jnp.eye(3))
+    return ngvi.Model(prior, ngvi.likelihoods.BernoulliLogit(), X, y)
+
+
+def test_logistic_regression_fixed_point(logistic):
+    model = logistic
+    # tol=0: run all 50 steps so that the parameters (not just the ELBO) are converged.
+    result = ngvi.fit(model, ngvi.GaussNewton(), 50, tol=0.0, progress=False)
+    assert np.all(np.isfinite(result.history.elbo))
+    # Stationarity of the Gauss-Newton iteration: Lambda = Lambda_0 + X^T diag(-E[H_GN]) X,
+    # the Gauss-Newton matrix J^T R^-1 J with J = X, R = 1 / (-E[H_GN]).
+    mean, variance = result.q.projected_marginals(model.X)
+    _, _, hess = model.likelihood.gauss_newton_derivatives(model.y, mean, variance)
+    curvature = ngvi.gauss_newton_precision(model.X, 1.0 / -hess).as_matrix()
+    expected = np.linalg.inv(np.asarray(model.prior.covariance)) + np.asarray(curvature)
+    np.testing.assert_allclose(result.q.precision, expected, rtol=1e-8)
+    # Logit is a canonical link, H_GN = H: the fixed point is the VI optimum.
+    optimum = ngvi.fit(model, ngvi.NaturalGradient(), 100, tol=1e-14, progress=False)
+    assert float(result.elbo) == pytest.approx(float(optimum.elbo), abs=1e-8)
+    np.testing.assert_allclose(result.q.mean, optimum.q.mean, atol=1e-6)
+
+
+def test_gauss_newton_compiles_once(logistic):
+    model = tutorial_model()
+    flipped = ngvi.Model(model.prior, model.likelihood, model.X, 1.0 - model.y)
+    assert count_step_traces(ngvi.GaussNewton(lr=0.5), [model, model, flipped]) == 1
+    assert count_step_traces(ngvi.GaussNewton(), [logistic, logistic]) == 1
