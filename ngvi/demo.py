@@ -1,16 +1,36 @@
-"""The main job: the corrected tutorial, fitted and reported."""
+"""The main job: the public tutorial, corrected.
 
+The tutorial fitted a 30-point GP probit classifier (SE kernel, variance 1.5, lengthscale 1,
+jitter 1e-6, cond(K) ~ 1e7). Its natural-gradient section printed `nan` (it inverted K), its
+Adam baseline descended the ELBO to -3.7e9, and its "BLR" was Newton at the mean, which
+converges to the Laplace point. Here every strategy fits the same model with the exact ELBO as
+the yardstick; the table shows how many steps each needs and how far from the optimum it ends.
+"""
+
+import os
 import time
+from dataclasses import dataclass
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.scipy.special import ndtr
 
 from . import datasets, kernels, likelihoods
-from .fit import fit
+from .fit import FitResult, fit
 from .models import Model
 from .optimizers import NaturalGradient
 from .predict import predict
 from .priors import GPPrior
+
+
+@dataclass(frozen=True)
+class DemoRun:
+    """One row of the demo's table."""
+
+    name: str
+    result: FitResult
+    seconds: float
 
 
 def tutorial_model():
@@ -20,17 +40,106 @@ def tutorial_model():
     return Model(prior, likelihoods.Probit(), X, y)
 
 
-def run_demo(out: str = "demo-output", num_steps: int = 20) -> dict:
-    """Fit the tutorial problem with natural gradients and print a short report."""
+def demo_strategies(quick: bool = False) -> list[tuple[str, object, int]]:
+    """`(name, strategy, step budget)` for every strategy the demo compares."""
+    import optax
+
+    from . import BLR, Adam, GaussNewton
+
+    scale = 4 if quick else 1
+    # BLR's Monte Carlo noise needs a decaying step size to settle: 1 -> 0.01, halving every 40.
+    decay = optax.exponential_decay(1.0, transition_steps=40, decay_rate=0.5, end_value=0.01)
+    return [
+        ("NaturalGradient(lr=1)", NaturalGradient(lr=1.0), 20),
+        ("Adam(lr=0.05)", Adam(lr=0.05), 2000 // scale),
+        ("BLR(full)", BLR(lr=decay, family="full", num_samples=32), 300 // scale),
+        ("BLR(diagonal)", BLR(lr=decay, family="diagonal", num_samples=32), 300 // scale),
+        ("GaussNewton(lr=1)", GaussNewton(lr=1.0), 50),
+        ("Newton at the mean (Laplace)", BLR(lr=1.0, delta=True), 50),
+    ]
+
+
+def run_strategies(model, quick: bool = False) -> list[DemoRun]:
+    """Fit `model` with every demo strategy; wall time includes compilation."""
+    runs = []
+    for name, strategy, num_steps in demo_strategies(quick):
+        start = time.perf_counter()
+        result = fit(model, strategy, num_steps=num_steps, progress=False, throw=False)
+        jax.block_until_ready(result.elbo)
+        runs.append(DemoRun(name, result, time.perf_counter() - start))
+    return runs
+
+
+def format_table(runs: list[DemoRun]) -> str:
+    """The strategy / steps / final ELBO / gap to the best / wall time table."""
+    best = max(float(run.result.elbo) for run in runs)
+    header = f"{'strategy':<30} {'steps':>6} {'final ELBO':>14} {'gap to best':>12} {'time (s)':>9}"
+    lines = [header, "-" * len(header)]
+    for run in runs:
+        elbo = float(run.result.elbo)
+        lines.append(
+            f"{run.name:<30} {run.result.num_steps:>6d} {elbo:>14.8f} {best - elbo:>12.2e} "
+            f"{run.seconds:>9.2f}"
+        )
+    return "\n".join(lines)
+
+
+def write_plots(model, runs: list[DemoRun], out: str) -> list[str]:
+    """ELBO against step for every strategy, and the posterior predictive with a 95% band."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out, exist_ok=True)
+    best = max(float(run.result.elbo) for run in runs)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for run in runs:
+        history = np.asarray(run.result.history.elbo)
+        gap = np.maximum(best - history, 1e-12)
+        ax.semilogy(np.arange(1, history.size + 1), gap, label=run.name)
+    ax.set_xscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("best ELBO - ELBO (nats)")
+    ax.set_title("Tutorial problem: convergence of every strategy")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    convergence = os.path.join(out, "elbo_convergence.png")
+    fig.savefig(convergence, dpi=120)
+    plt.close(fig)
+
+    reference = runs[0].result
+    grid = jnp.linspace(-3.5, 3.5, 200)
+    pred = predict(model, reference.q, grid)
+    sd = jnp.sqrt(pred.latent_variance)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ax.fill_between(
+        grid, ndtr(pred.latent_mean - 1.96 * sd), ndtr(pred.latent_mean + 1.96 * sd),
+        alpha=0.25, label="95% band of Phi(f)",
+    )
+    ax.plot(grid, pred.probability, label="P(y = 1 | x)")
+    ax.scatter(model.X[:, 0], model.y, marker="x", color="k", label="data (y in {0, 1})")
+    ax.set_xlabel("x")
+    ax.set_ylabel("probability")
+    ax.set_title(f"Posterior predictive ({runs[0].name})")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    predictive = os.path.join(out, "posterior_predictive.png")
+    fig.savefig(predictive, dpi=120)
+    plt.close(fig)
+    return [convergence, predictive]
+
+
+def run_demo(out: str = "demo-output", quick: bool = False) -> list[DemoRun]:
+    """Fit the tutorial problem with every strategy, print the table, write the plots."""
     jax.config.update("jax_enable_x64", True)
     model = tutorial_model()
-    start = time.perf_counter()
-    result = fit(model, NaturalGradient(lr=1.0), num_steps=num_steps, progress=False)
-    seconds = time.perf_counter() - start
-    prediction = predict(model, result.q, np.linspace(-3.0, 3.0, 7))
-    print("ngvi demo: the tutorial's 30-point GP probit classifier")
-    print(f"  NaturalGradient(lr=1): {result.num_steps} steps, {result.message}")
-    print(f"  final ELBO {float(result.elbo):.8f}   ({seconds:.2f} s including compilation)")
-    print("  ELBO per step:", np.array2string(np.asarray(result.history.elbo), precision=6))
-    print("  P(y=1) at x = -3..3:", np.array2string(np.asarray(prediction.mean), precision=3))
-    return {"natural_gradient": result}
+    runs = run_strategies(model, quick)
+    print("ngvi demo: the tutorial's 30-point GP probit classifier, every strategy")
+    print(format_table(runs))
+    for run in runs:
+        if not run.result.converged:
+            print(f"  note: {run.name}: {run.result.message}")
+    for path in write_plots(model, runs, out):
+        print(f"wrote {path}")
+    return runs
