@@ -1,0 +1,225 @@
+"""The scikit-learn estimators: sklearn's own estimator checks, plus behaviour against
+independent references (sklearn's exact GP regression, class frequencies, true Poisson rates)."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from sklearn.base import clone  # noqa: E402
+from sklearn.gaussian_process import GaussianProcessRegressor as SkGPR  # noqa: E402
+from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel  # noqa: E402
+from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+
+import ngvi  # noqa: E402
+from ngvi.sklearn import (  # noqa: E402
+    GaussianProcessClassifier,
+    GaussianProcessRegressor,
+    PoissonProcessRegressor,
+)
+
+
+# The checks run dozens of tiny fits, and every new data shape compiles the fit loop once, so
+# compilation dominates. They run with fixed hyperparameters (plain natural-gradient VI); the
+# learning path compiles a heavier loop and is checked by the tests below and, under sklearn's
+# checks, by the slow test at the end.
+def _checked(learn: bool):
+    options = dict(num_steps=5, random_state=0, learn_hyperparameters=learn)
+    return [
+        GaussianProcessClassifier(**options),
+        GaussianProcessRegressor(**options),
+        PoissonProcessRegressor(**options),
+    ]
+
+
+_POISSON_NEEDS_COUNTS = (
+    "the Poisson likelihood accepts only non-negative integer counts; this check fits "
+    "non-integer targets and gets the ValueError that says so"
+)
+_POISSON_EXPECTED_FAILURES = {
+    name: _POISSON_NEEDS_COUNTS
+    for name in (
+        "check_n_features_in_after_fitting",
+        "check_regressors_train",
+        "check_regressor_data_not_an_array",
+        "check_regressors_no_decision_function",
+        "check_fit_idempotent",
+        "check_fit_check_is_fitted",
+        "check_n_features_in",
+    )
+}
+
+
+def _expected_failed_checks(estimator):
+    if isinstance(estimator, PoissonProcessRegressor):
+        return _POISSON_EXPECTED_FAILURES
+    return {}
+
+
+@parametrize_with_checks(_checked(learn=False), expected_failed_checks=_expected_failed_checks)
+def test_sklearn_estimator_checks(estimator, check):
+    check(estimator)
+
+
+@pytest.mark.slow
+@parametrize_with_checks(_checked(learn=True), expected_failed_checks=_expected_failed_checks)
+def test_sklearn_estimator_checks_learning(estimator, check):
+    check(estimator)
+
+
+def _nlpd(p1, y):
+    return -np.mean(np.where(y == 1, np.log(p1), np.log1p(-p1)))
+
+
+@pytest.fixture(scope="module")
+def banana_split():
+    X, y = ngvi.datasets.banana()
+    order = np.random.default_rng(0).permutation(len(y))
+    train, test = order[:200], order[200:]
+    return X[train], y[train], X[test], y[test]
+
+
+def test_classifier_on_banana_learns_accurate_calibrated_probabilities(banana_split):
+    X, y, X_test, y_test = banana_split
+    clf = GaussianProcessClassifier(num_steps=60, lr=0.1, random_state=0).fit(X, y)
+    assert clf.score(X_test, y_test) > 0.85
+    proba = clf.predict_proba(X_test)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    # A constant predictor at the training class frequency is the no-skill baseline.
+    baseline = _nlpd(np.full(len(y_test), y.mean()), y_test)
+    assert _nlpd(proba[:, 1], y_test) < 0.6 * baseline
+
+
+def test_classifier_accepts_arbitrary_binary_labels(banana_split):
+    X, y, X_test, _ = banana_split
+    options = dict(learn_hyperparameters=False, num_steps=30)
+    numeric = GaussianProcessClassifier(**options).fit(X[:60], y[:60])
+    names = np.where(y[:60] == 1, "yes", "no")
+    named = GaussianProcessClassifier(**options).fit(X[:60], names)
+    np.testing.assert_array_equal(named.classes_, ["no", "yes"])
+    np.testing.assert_allclose(named.predict_proba(X_test), numeric.predict_proba(X_test))
+    np.testing.assert_array_equal(
+        named.predict(X_test), np.where(numeric.predict(X_test) == 1, "yes", "no")
+    )
+    with pytest.raises(ValueError, match="Only binary"):
+        GaussianProcessClassifier(**options).fit(X[:9], np.arange(9) % 3)
+
+
+def test_logit_and_probit_both_fit(banana_split):
+    X, y, X_test, y_test = banana_split
+    for likelihood in ("probit", "logit"):
+        clf = GaussianProcessClassifier(
+            likelihood=likelihood, learn_hyperparameters=False, num_steps=30
+        )
+        assert clf.fit(X[:100], y[:100]).score(X_test, y_test) > 0.8
+
+
+def _regression_data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    X = rng.uniform(-3, 3, size=(n, 2))
+    y = np.sin(X[:, 0]) + 0.5 * X[:, 1] + 3.0 + 0.1 * rng.normal(size=n)
+    return X, y, rng.uniform(-3, 3, size=(15, 2))
+
+
+@pytest.mark.parametrize("normalize_y", [False, True])
+def test_regressor_with_fixed_hyperparameters_matches_sklearn(normalize_y):
+    X, y, X_test = _regression_data()
+    variance, lengthscale, noise, jitter = 1.3, np.array([0.9, 1.7]), 0.05, 1e-6
+    ours = GaussianProcessRegressor(
+        variance=variance,
+        lengthscale=lengthscale,
+        noise_variance=noise,
+        normalize_y=normalize_y,
+        learn_hyperparameters=False,
+        standardize=False,
+        jitter=jitter,
+        num_steps=5,
+    ).fit(X, y)
+    kernel = ConstantKernel(variance, "fixed") * RBF(lengthscale, "fixed") + WhiteKernel(
+        noise, "fixed"
+    )
+    reference = SkGPR(kernel, alpha=jitter, optimizer=None, normalize_y=normalize_y).fit(X, y)
+    mean, std = ours.predict(X_test, return_std=True)
+    ref_mean, ref_std = reference.predict(X_test, return_std=True)
+    np.testing.assert_allclose(mean, ref_mean, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(std, ref_std, rtol=1e-7, atol=1e-8)
+    # The ELBO at the exact posterior is the log marginal likelihood (in normalised units).
+    if not normalize_y:
+        np.testing.assert_allclose(ours.elbo_, reference.log_marginal_likelihood_value_, rtol=1e-8)
+
+
+def test_regressor_learns_the_marginal_likelihood_maximiser():
+    X, y, _ = _regression_data(n=60, seed=1)
+    ours = GaussianProcessRegressor(
+        noise_variance=0.1, num_steps=400, lr=0.05, standardize=False, normalize_y=False
+    ).fit(X - 0.0, y - y.mean())
+    kernel = ConstantKernel(1.0) * RBF(np.ones(2)) + WhiteKernel(0.1)
+    reference = SkGPR(kernel, alpha=1e-6, n_restarts_optimizer=2, random_state=0)
+    reference.fit(X, y - y.mean())
+    # Type-II ML: the learned ELBO (= log marginal likelihood) reaches sklearn's L-BFGS optimum.
+    assert ours.elbo_ > reference.log_marginal_likelihood_value_ - 0.05
+    noise = reference.kernel_.k2.noise_level
+    np.testing.assert_allclose(ours.noise_variance_, noise, rtol=0.2)
+
+
+def test_poisson_regressor_recovers_the_rate():
+    rng = np.random.default_rng(0)
+    X = np.sort(rng.uniform(0, 10, size=100))[:, None]
+    rate = np.exp(1.0 + np.sin(X[:, 0]))
+    y = rng.poisson(rate)
+    model = PoissonProcessRegressor(num_steps=80, lr=0.1, random_state=0).fit(X, y)
+    predicted = model.predict(X)
+    assert np.all(predicted > 0)
+    # Far better than the constant-rate fit, and within ~20% of the truth on average.
+    assert np.mean(np.abs(predicted - rate) / rate) < 0.2
+    assert np.mean((predicted - rate) ** 2) < 0.2 * np.mean((y.mean() - rate) ** 2)
+    with pytest.raises(ValueError, match="non-negative integers"):
+        PoissonProcessRegressor(num_steps=2).fit(X[:5], [0.5, 1, 2, 3, 4])
+
+
+def test_get_set_params_round_trip():
+    clf = GaussianProcessClassifier(kernel="matern32", lengthscale=0.3, likelihood="logit")
+    params = clf.get_params()
+    assert params["kernel"] == "matern32" and params["lengthscale"] == 0.3
+    other = GaussianProcessClassifier().set_params(**params)
+    assert other.get_params() == params
+    assert clone(clf).get_params() == params
+    reg = GaussianProcessRegressor(noise_variance=0.2, normalize_y=False)
+    assert GaussianProcessRegressor(**reg.get_params()).get_params() == reg.get_params()
+
+
+def test_random_state_reproducible(banana_split):
+    X, y, X_test, _ = banana_split
+    fits = [
+        GaussianProcessClassifier(num_steps=10, random_state=seed).fit(X[:40], y[:40])
+        for seed in (3, 3)
+    ]
+    np.testing.assert_array_equal(fits[0].predict_proba(X_test), fits[1].predict_proba(X_test))
+    np.testing.assert_array_equal(fits[0].lengthscale_, fits[1].lengthscale_)
+
+
+def test_bad_parameters_raise_clear_errors(banana_split):
+    X, y, _, _ = banana_split
+    with pytest.raises(ValueError, match="kernel"):
+        GaussianProcessClassifier(kernel="cubic").fit(X[:10], y[:10])
+    with pytest.raises(ValueError, match="likelihood"):
+        GaussianProcessClassifier(likelihood="cauchit").fit(X[:10], y[:10])
+    with pytest.raises(ValueError, match="lengthscale"):
+        GaussianProcessClassifier(lengthscale=[1.0, 2.0, 3.0]).fit(X[:10], y[:10])
+
+
+def test_float64_inside_without_switching_jax_globally():
+    # conftest turns x64 on for the test session, so check in a fresh interpreter.
+    code = (
+        "import jax, jax.numpy as jnp, numpy as np\n"
+        "from ngvi.sklearn import GaussianProcessClassifier\n"
+        "X = np.linspace(-2, 2, 12)[:, None]; y = (X[:, 0] > 0).astype(int)\n"
+        "clf = GaussianProcessClassifier(learn_hyperparameters=False, num_steps=5).fit(X, y)\n"
+        "p = clf.predict_proba(X)\n"
+        "assert p.dtype == np.float64 and clf.posterior_.lam1.dtype == jnp.float64\n"
+        "assert jnp.zeros(()).dtype == jnp.float32, 'x64 leaked into the global config'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
