@@ -27,9 +27,9 @@ from .models import (
     Model as Model,
 )
 from .optimizers import (
+    BLR as BLR,
     AbstractOptimizer as AbstractOptimizer,
     Adam as Adam,
-    BLR as BLR,
     GaussNewton as GaussNewton,
     NaturalGradient as NaturalGradient,
     StepInfo as StepInfo,

@@ -114,8 +114,11 @@ def write_plots(model, runs: list[DemoRun], out: str) -> list[str]:
     sd = jnp.sqrt(pred.latent_variance)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax.fill_between(
-        grid, ndtr(pred.latent_mean - 1.96 * sd), ndtr(pred.latent_mean + 1.96 * sd),
-        alpha=0.25, label="95% band of Phi(f)",
+        grid,
+        ndtr(pred.latent_mean - 1.96 * sd),
+        ndtr(pred.latent_mean + 1.96 * sd),
+        alpha=0.25,
+        label="95% band of Phi(f)",
     )
     ax.plot(grid, pred.probability, label="P(y = 1 | x)")
     ax.scatter(model.X[:, 0], model.y, marker="x", color="k", label="data (y in {0, 1})")

@@ -45,9 +45,7 @@ def moments_to_natural(
     return precision @ mean, -0.5 * precision
 
 
-def likelihood_site(
-    mean: Array, expected_grad: Array, expected_hess: Array
-) -> tuple[Array, Array]:
+def likelihood_site(mean: Array, expected_grad: Array, expected_hess: Array) -> tuple[Array, Array]:
     """The Gaussian site that stands in for the likelihood at `q` (DESIGN section 2).
 
         lam1 = E_q[g] - E_q[H] mu,        lam2 = 1/2 E_q[H]
@@ -189,7 +187,7 @@ def gaussian_kl(
 ) -> Float[Array, ""]:
     """`KL(N(mu, S S^T) || N(mu_0, S_0 S_0^T))` from Cholesky factors:
 
-        1/2 [ ||S_0^-1 S||_F^2 + ||S_0^-1 (mu - mu_0)||^2 - D ] + sum log|diag S_0| - sum log|diag S|
+    1/2 [ ||S_0^-1 S||_F^2 + ||S_0^-1 (mu - mu_0)||^2 - D ] + sum log|diag S_0| - sum log|diag S|
     """
     scaled = jsl.solve_triangular(prior_scale_tril, scale_tril, lower=True)
     offset = jsl.solve_triangular(prior_scale_tril, mean - prior_mean, lower=True)
@@ -213,9 +211,9 @@ def variational_elbo_gaussian(
     with `mu_i`, `v_i` the marginal mean and variance of `f_i` under `q`. At the exact posterior
     it equals the log marginal likelihood.
     """
-    expected = -0.5 * jnp.log(2.0 * jnp.pi * noise_variance) - (
-        (y - mean) ** 2 + variance
-    ) / (2.0 * noise_variance)
+    expected = -0.5 * jnp.log(2.0 * jnp.pi * noise_variance) - ((y - mean) ** 2 + variance) / (
+        2.0 * noise_variance
+    )
     return jnp.sum(expected) - kl
 
 

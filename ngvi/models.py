@@ -204,7 +204,19 @@ def _check_kernel_matrix(model: GPModel) -> None:
     try:
         np.linalg.cholesky(covariance)
     except np.linalg.LinAlgError:
+        hint = ""
+        dtype = model.X.dtype
+        if jnp.finfo(dtype).bits < 64:
+            # Rounding K to float32 perturbs it by ~eps * n * max k(x, x), which swamps a
+            # jitter of 1e-6 on a few hundred close inputs.
+            suggested = float(jnp.finfo(dtype).eps) * covariance.shape[0] * np.abs(
+                np.diagonal(covariance)
+            ).max()
+            hint = (
+                f" In {dtype} the rounding of K alone is about {suggested:.1e}: use a jitter "
+                "above that, or enable float64 (`jax.config.update('jax_enable_x64', True)`)."
+            )
         raise ValueError(
             "The kernel matrix k(X, X) + jitter * I is not positive definite; the kernel is not "
-            "a valid covariance function or `jitter` is too small for these inputs."
+            "a valid covariance function or `jitter` is too small for these inputs." + hint
         ) from None

@@ -66,8 +66,7 @@ def predict(model: AbstractModel, q: GaussianVariational, X_new) -> Prediction:
     X_new = jnp.asarray(_as_inputs(X_new, "X_new"), model.X.dtype)
     if X_new.shape[1] != model.X.shape[1]:
         raise ValueError(
-            f"`X_new` has {X_new.shape[1]} columns but the model was fitted on "
-            f"{model.X.shape[1]}."
+            f"`X_new` has {X_new.shape[1]} columns but the model was fitted on {model.X.shape[1]}."
         )
     if isinstance(model, GPModel) and isinstance(q, AbstractWhitenedVariational):
         mean, variance = _latent_gp_whitened(model, q, X_new)

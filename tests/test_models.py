@@ -250,3 +250,13 @@ def test_model_is_a_pytree_of_arrays():
     model = tutorial_model()
     other = ngvi.Model(model.prior, Probit(), np.asarray(model.X) + 1.0, 1 - np.asarray(model.y))
     assert jax.tree_util.tree_structure(model) == jax.tree_util.tree_structure(other)
+
+
+def test_float32_kernel_matrix_error_suggests_a_jitter():
+    # 400 nearly coincident inputs: in float32 the rounding of K swamps a jitter of 1e-6.
+    X = np.linspace(0.0, 1e-3, 400)
+    y = (X > 5e-4).astype(float)
+    with jax.enable_x64(False):
+        prior = ngvi.GPPrior(ngvi.kernels.SquaredExponential(variance=1.0, lengthscale=1.0))
+        with pytest.raises(ValueError, match="In float32 the rounding of K alone"):
+            ngvi.Model(prior, Probit(), X, y)

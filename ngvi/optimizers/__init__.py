@@ -9,5 +9,7 @@ from .base import (
 )
 from .blr import BLR as BLR
 from .gauss_newton import GaussNewton as GaussNewton
-from .natural_gradient import AbstractNaturalStep as AbstractNaturalStep
-from .natural_gradient import NaturalGradient as NaturalGradient
+from .natural_gradient import (
+    AbstractNaturalStep as AbstractNaturalStep,
+    NaturalGradient as NaturalGradient,
+)
