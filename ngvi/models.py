@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from ._validation import check_finite
+from ._validation import check_finite, is_concrete
 from .likelihoods import AbstractLikelihood
 from .priors import GaussianPrior, GPPrior
 from .variational import (
@@ -84,6 +84,22 @@ class GPModel(AbstractModel):
     def init_variational(self):
         zeros = jnp.zeros(self.num_data, dtype=self.y.dtype)
         return self.variational(zeros, zeros)
+
+    def prior_cholesky(self) -> Float[Array, "n n"]:
+        """Lower Cholesky factor `L_K` of `K = k(X, X) + jitter * I`, for the whitened families
+        (`f = m0 + L_K u`). The site family never needs it.
+
+        **Raises:** `ValueError` when the factor is not finite, i.e. `K` is not numerically
+        positive definite at this precision (checked when the value is concrete; under tracing,
+        e.g. while learning hyperparameters, a NaN ends the fit as `failed` instead).
+        """
+        factor = jnp.linalg.cholesky(self.prior.covariance(self.X)).astype(self.y.dtype)
+        if is_concrete(factor) and not bool(jnp.all(jnp.isfinite(factor))):
+            raise ValueError(
+                f"The Cholesky factor of k(X, X) + jitter * I is not finite in {factor.dtype}: "
+                "K is not numerically positive definite. Increase `jitter` or use float64."
+            )
+        return factor
 
     def latent_marginals_and_kl(self, q):
         if isinstance(q, AbstractWhitenedVariational):

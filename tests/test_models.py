@@ -260,3 +260,14 @@ def test_float32_kernel_matrix_error_suggests_a_jitter():
         prior = ngvi.GPPrior(ngvi.kernels.SquaredExponential(variance=1.0, lengthscale=1.0))
         with pytest.raises(ValueError, match="In float32 the rounding of K alone"):
             ngvi.Model(prior, Probit(), X, y)
+
+
+def test_whitened_families_refuse_a_singular_kernel_matrix():
+    # Built directly (no host-side check): duplicate inputs and a negligible jitter make K
+    # singular, so chol(K) has NaNs; Adam and BLR(diagonal) must say so, not start from NaN.
+    X = jnp.array([[0.0], [0.0], [1.0]])
+    prior = ngvi.GPPrior(ngvi.kernels.SquaredExponential(), jitter=1e-300)
+    model = ngvi.GPModel(prior, Probit(), X, jnp.array([0.0, 1.0, 1.0]))
+    for strategy in (ngvi.Adam(), ngvi.BLR(family="diagonal")):
+        with pytest.raises(ValueError, match="not numerically positive definite"):
+            strategy.init_variational(model)

@@ -52,7 +52,7 @@ class Adam(AbstractOptimizer):
     def init_variational(self, model):
         if isinstance(model, GPModel):
             prior_mean = model.prior.mean_vector(model.X)
-            prior_scale = jnp.linalg.cholesky(model.prior.covariance(model.X))
+            prior_scale = model.prior_cholesky()
         elif isinstance(model, LinearModel):
             prior_mean, prior_scale = model.prior.mean, model.prior.cholesky()
         else:

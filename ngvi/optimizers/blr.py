@@ -133,7 +133,7 @@ class BLR(AbstractOptimizer):
                 return model.init_variational()
             dtype = model.y.dtype
             prior_mean = jnp.asarray(model.prior.mean_vector(model.X), dtype)
-            prior_scale = jnp.linalg.cholesky(model.prior.covariance(model.X)).astype(dtype)
+            prior_scale = model.prior_cholesky()
             return WhitenedDiagonalGaussianVariational.at_prior(prior_mean, prior_scale)
         prior = model.prior
         if self.family == "full":

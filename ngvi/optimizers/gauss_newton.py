@@ -26,6 +26,9 @@ class GaussNewton(AbstractNaturalStep):
     (e.g. probit; for canonical-link exponential families such as logit and Poisson-log
     `H_GN = H` and the fixed points coincide).
 
+    With strongly non-Gaussian likelihoods (Student-t with gross outliers) `lr = 1` can
+    oscillate between two points instead of converging; `lr = 0.5` settles.
+
     **Arguments:** as `NaturalGradient`: `lr` (float or schedule), `precision_floor` (clamp
     site / diagonal precisions after the step), `psd_correction` (rarely needed: the target is
     already PSD) and `max_backoffs` (halve the step while the new precision is invalid).
