@@ -118,19 +118,12 @@ def _all_finite(tree) -> Array:
 
 @eqx.filter_jit
 def _run_chunk(model, optimizer, template, learn, carry: _Carry, stop_at, tol) -> _Carry:
-    # Without `learn`, `model` is the whole model and `template` the starting q. With it,
-    # `model` is the fixed part (learned leaves None) and q is rebuilt each step.
     def running(c):
         return (c.status == _RUNNING) & (c.step < stop_at)
 
     def body(c):
         key, subkey = jax.random.split(c.key)
-        if learn is None:
-            step_model = model
-            q = template.with_parameters(c.parameters)
-        else:
-            step_model = eqx.combine(c.learned, model)
-            q = rebuild_variational(optimizer, step_model, c.parameters)
+        step_model, q = _assemble(model, optimizer, template, learn, c.learned, c.parameters)
         new_q, state, info = optimizer.step(step_model, q, c.state, c.step, subkey)
         learned, learned_state = c.learned, c.learned_state
         if learn is not None:
@@ -190,7 +183,17 @@ def _elbo(model, q):
     return model.elbo(q)
 
 
-_rebuild = eqx.filter_jit(rebuild_variational)
+def _assemble(model, optimizer, template, learn, learned, parameters):
+    """The model and `q` the loop is at. Without `learn`, `model` is the whole model and `q`
+    the `template` with new parameters; with it, `model` is the fixed part, the learned leaves
+    are combined back in and `q` is rebuilt under them (for a GP, `K` is recomputed)."""
+    if learn is None:
+        return model, template.with_parameters(parameters)
+    full_model = eqx.combine(learned, model)
+    return full_model, rebuild_variational(optimizer, full_model, parameters)
+
+
+_assemble_jit = eqx.filter_jit(_assemble)
 
 
 def fit(
@@ -289,12 +292,11 @@ def fit(
             bar.update(int(carry.step) - before)
             bar.set_postfix(elbo=f"{float(carry.elbo[max(int(carry.step) - 1, 0)]):.6g}")
     steps = int(carry.step)
-    if learn is None:
-        final_model = model
-        final_q = q.with_parameters(carry.parameters)
-    else:
-        final_model = eqx.combine(carry.learned, loop_model)
-        final_q = _rebuild(optimizer, final_model, carry.parameters)
+    # Without learning this only swaps in the parameters: no need to compile (or copy K).
+    assemble = _assemble if learn is None else _assemble_jit
+    final_model, final_q = assemble(
+        loop_model, optimizer, q, learn, carry.learned, carry.parameters
+    )
     final_elbo = _elbo(final_model, final_q)
     status = int(carry.status)
     outcome = {

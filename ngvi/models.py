@@ -225,9 +225,11 @@ def _check_kernel_matrix(model: GPModel) -> None:
         if jnp.finfo(dtype).bits < 64:
             # Rounding K to float32 perturbs it by ~eps * n * max k(x, x), which swamps a
             # jitter of 1e-6 on a few hundred close inputs.
-            suggested = float(jnp.finfo(dtype).eps) * covariance.shape[0] * np.abs(
-                np.diagonal(covariance)
-            ).max()
+            suggested = (
+                float(jnp.finfo(dtype).eps)
+                * covariance.shape[0]
+                * np.abs(np.diagonal(covariance)).max()
+            )
             hint = (
                 f" In {dtype} the rounding of K alone is about {suggested:.1e}: use a jitter "
                 "above that, or enable float64 (`jax.config.update('jax_enable_x64', True)`)."

@@ -1,5 +1,7 @@
 """Shared problems with known answers."""
 
+import numpy as np
+
 import ngvi
 
 
@@ -52,8 +54,6 @@ def student_t_outliers_model(df=4.0, scale=0.1):
     """GP regression with a Student-t likelihood: `sin(2x)` + N(0, 0.1^2) noise on 40 points,
     with three gross outliers (+4, -5, +3.5 at indices 5, 17, 30). The likelihood is not
     log-concave, so `E_q[H]` is positive at the outliers."""
-    import numpy as np
-
     rng = np.random.default_rng(0)
     X = np.linspace(-3.0, 3.0, 40)
     y = np.sin(2.0 * X) + 0.1 * rng.standard_normal(40)
@@ -61,3 +61,16 @@ def student_t_outliers_model(df=4.0, scale=0.1):
     kernel = ngvi.kernels.SquaredExponential(variance=1.0, lengthscale=1.0)
     likelihood = ngvi.likelihoods.StudentT(df=df, scale=scale)
     return ngvi.Model(ngvi.GPPrior(kernel), likelihood, X, y)
+
+
+def numpy_kl(m, S, m0, S0):
+    """KL(N(m, S) || N(m0, S0)) by the textbook formula with explicit inverses (tests only)."""
+    S0inv = np.linalg.inv(S0)
+    d = m - m0
+    return 0.5 * (
+        np.trace(S0inv @ S)
+        + d @ S0inv @ d
+        - len(m)
+        + np.linalg.slogdet(S0)[1]
+        - np.linalg.slogdet(S)[1]
+    )

@@ -8,6 +8,7 @@ import lineax as lx
 import numpy as np
 import pytest
 import scipy.stats
+from helpers import numpy_kl
 
 import ngvi
 
@@ -259,18 +260,6 @@ def test_gaussian_entropy_vs_scipy():
     L = np.linalg.cholesky(cov)
     got = ngvi.gaussian_entropy(jnp.asarray(L))
     np.testing.assert_allclose(got, scipy.stats.multivariate_normal(np.zeros(5), cov).entropy())
-
-
-def numpy_kl(m, S, m0, S0):
-    S0inv = np.linalg.inv(S0)
-    d = m - m0
-    return 0.5 * (
-        np.trace(S0inv @ S)
-        + d @ S0inv @ d
-        - len(m)
-        + np.linalg.slogdet(S0)[1]
-        - np.linalg.slogdet(S)[1]
-    )
 
 
 def test_gaussian_kl_vs_numpy():

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.stats
+from helpers import numpy_kl
 
 import ngvi
 from ngvi.variational import dense_kl
@@ -13,18 +14,6 @@ from ngvi.variational import dense_kl
 def se_kernel(x, variance=1.3, lengthscale=0.8, jitter=1e-4):
     d = x[:, None] - x[None, :]
     return variance * np.exp(-0.5 * d**2 / lengthscale**2) + jitter * np.eye(len(x))
-
-
-def numpy_kl(m, S, m0, S0):
-    S0inv = np.linalg.inv(S0)
-    d = m - m0
-    return 0.5 * (
-        np.trace(S0inv @ S)
-        + d @ S0inv @ d
-        - len(m)
-        + np.linalg.slogdet(S0)[1]
-        - np.linalg.slogdet(S)[1]
-    )
 
 
 SITE_CASES = {
