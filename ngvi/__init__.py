@@ -3,7 +3,17 @@
 import importlib.metadata
 
 from . import datasets as datasets, kernels as kernels, likelihoods as likelihoods
-from .fit import FitOutcome as FitOutcome, FitResult as FitResult, History as History, fit as fit
+from ._data import Data as Data
+from .families import (
+    AbstractVariational as AbstractVariational,
+    DenseGaussianVariational as DenseGaussianVariational,
+    DiagonalGaussianVariational as DiagonalGaussianVariational,
+    Marginals as Marginals,
+    SiteGaussianVariational as SiteGaussianVariational,
+    SiteStatistics as SiteStatistics,
+    WhitenedGaussianVariational as WhitenedGaussianVariational,
+)
+from .fitting import FitOutcome as FitOutcome, FitResult as FitResult, fit as fit
 from .gaussian import (
     blr_diag_update as blr_diag_update,
     blr_full_update as blr_full_update,
@@ -22,9 +32,9 @@ from .gaussian import (
 from .hyperparameters import LearnHyperparameters as LearnHyperparameters
 from .models import (
     AbstractModel as AbstractModel,
-    GPModel as GPModel,
-    LinearModel as LinearModel,
     Model as Model,
+    ParametricModel as ParametricModel,
+    SparseModel as SparseModel,
 )
 from .optimizers import (
     BLR as BLR,
@@ -34,19 +44,12 @@ from .optimizers import (
     NaturalGradient as NaturalGradient,
     StepInfo as StepInfo,
 )
-from .parametric import ParametricModel as ParametricModel
+from .parameters import learnable as learnable
 from .predict import Prediction as Prediction, predict as predict
-from .priors import GaussianPrior as GaussianPrior, GPPrior as GPPrior
-from .variational import (
-    DenseGaussianVariational as DenseGaussianVariational,
-    DiagonalGaussianVariational as DiagonalGaussianVariational,
-    GaussianVariational as GaussianVariational,
-    SiteGaussianVariational as SiteGaussianVariational,
-)
-from .whitened import (
-    AbstractWhitenedVariational as AbstractWhitenedVariational,
-    WhitenedDiagonalGaussianVariational as WhitenedDiagonalGaussianVariational,
-    WhitenedGaussianVariational as WhitenedGaussianVariational,
+from .priors import (
+    AbstractPrior as AbstractPrior,
+    GaussianPrior as GaussianPrior,
+    GPPrior as GPPrior,
 )
 
 try:

@@ -1,5 +1,6 @@
 """Small data sets bundled with ngvi (provenance in `ngvi/data/README.md`)."""
 
+import gzip
 from importlib.resources import files
 
 import jax
@@ -16,6 +17,32 @@ def banana() -> tuple[np.ndarray, np.ndarray]:
     X = np.loadtxt(_path("banana_X_train.txt"), delimiter=",")
     y = np.loadtxt(_path("banana_Y_train.txt"))
     return X, y
+
+
+def banana_large() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,300-point 2-D "banana" set: inputs `(5300, 2)`, labels in {0, 1}."""
+    with gzip.open(_path("banana_large.csv.gz"), "rt") as handle:
+        data = np.loadtxt(handle, delimiter=",", skiprows=1)
+    return data[:, :2], (data[:, 2] > 0).astype(float)
+
+
+def skin() -> tuple[np.ndarray, np.ndarray]:
+    """UCI Skin Segmentation: 245,057 pixels, inputs `(B, G, R)` in 0..255 `(245057, 3)`,
+    labels 1 for skin and 0 for not skin (the file's 1 and 2)."""
+    with gzip.open(_path("skin.tsv.gz"), "rt") as handle:
+        data = np.loadtxt(handle, delimiter="\t")
+    return data[:, :3], (data[:, 3] == 1).astype(float)
+
+
+def letter() -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """UCI Letter Recognition: 20,000 images as 16 integer features `(20000, 16)`, integer
+    labels 0..25 and the letters they stand for."""
+    with gzip.open(_path("letter.csv.gz"), "rt") as handle:
+        lines = handle.read().splitlines()[1:]
+    letters = [line.split(",", 1)[0] for line in lines]
+    X = np.array([[float(v) for v in line.split(",")[1:]] for line in lines])
+    names = sorted(set(letters))
+    return X, np.array([names.index(letter) for letter in letters], dtype=float), names
 
 
 def coal_mining(bin_width: float = 1.0) -> tuple[np.ndarray, np.ndarray]:

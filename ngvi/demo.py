@@ -17,7 +17,7 @@ import numpy as np
 from jax.scipy.special import ndtr
 
 from . import datasets, kernels, likelihoods
-from .fit import FitResult, fit
+from .fitting import FitResult, fit
 from .models import Model
 from .optimizers import NaturalGradient
 from .predict import predict
@@ -33,15 +33,15 @@ class DemoRun:
     seconds: float
 
 
-def tutorial_model():
+def tutorial_model(family: str = "full"):
     """The tutorial's model: SE kernel (variance 1.5, lengthscale 1), jitter 1e-6, probit."""
     X, y = datasets.tutorial()
     prior = GPPrior(kernels.SquaredExponential(variance=1.5, lengthscale=1.0), jitter=1e-6)
-    return Model(prior, likelihoods.Probit(), X, y)
+    return Model(prior, likelihoods.Probit(), X, y, family=family)
 
 
-def demo_strategies(quick: bool = False) -> list[tuple[str, object, int]]:
-    """`(name, strategy, step budget)` for every strategy the demo compares."""
+def demo_strategies(quick: bool = False) -> list[tuple[str, str, object, int]]:
+    """`(name, family, strategy, step budget)` for every strategy the demo compares."""
     import optax
 
     from . import BLR, Adam, GaussNewton
@@ -50,19 +50,23 @@ def demo_strategies(quick: bool = False) -> list[tuple[str, object, int]]:
     # BLR's Monte Carlo noise needs a decaying step size to settle: 1 -> 0.01, halving every 40.
     decay = optax.exponential_decay(1.0, transition_steps=40, decay_rate=0.5, end_value=0.01)
     return [
-        ("NaturalGradient(lr=1)", NaturalGradient(lr=1.0), 20),
-        ("Adam(lr=0.05)", Adam(lr=0.05), 2000 // scale),
-        ("BLR(full)", BLR(lr=decay, family="full", num_samples=32), 300 // scale),
-        ("BLR(diagonal)", BLR(lr=decay, family="diagonal", num_samples=32), 300 // scale),
-        ("GaussNewton(lr=1)", GaussNewton(lr=1.0), 50),
-        ("Newton at the mean (Laplace)", BLR(lr=1.0, delta=True), 50),
+        ("NaturalGradient(lr=1)", "full", NaturalGradient(lr=1.0), 20),
+        ("Adam(lr=0.05)", "full", Adam(lr=0.05), 2000 // scale),
+        ("BLR(full)", "full", BLR(lr=decay, num_samples=32), 300 // scale),
+        ("BLR(mean-field)", "mean-field", BLR(lr=decay, num_samples=32), 300 // scale),
+        ("GaussNewton(lr=1)", "full", GaussNewton(lr=1.0), 50),
+        ("Newton at the mean (Laplace)", "full", BLR(lr=1.0, delta=True), 50),
     ]
 
 
 def run_strategies(model, quick: bool = False) -> list[DemoRun]:
-    """Fit `model` with every demo strategy; wall time includes compilation."""
+    """Fit `model` (and its mean-field twin) with every demo strategy; wall time includes
+    compilation."""
     runs = []
-    for name, strategy, num_steps in demo_strategies(quick):
+    twin = Model(model.prior, model.likelihood, model.X, model.y, family="mean-field")
+    models = {"full": model, "mean-field": twin}
+    for name, family, strategy, num_steps in demo_strategies(quick):
+        model = models[family]
         start = time.perf_counter()
         result = fit(model, strategy, num_steps=num_steps, progress=False, throw=False)
         jax.block_until_ready(result.elbo)

@@ -50,11 +50,13 @@ def likelihood_site(mean: Array, expected_grad: Array, expected_hess: Array) -> 
 
         lam1 = E_q[g] - E_q[H] mu,        lam2 = 1/2 E_q[H]
 
-    `expected_hess` is a vector (factorised likelihood: diagonal sites) or a matrix.
+    `expected_hess` has the shape of `expected_grad` (elementwise: diagonal sites) or one more
+    trailing axis (a matrix per leading index: `(..., C)` gradients, `(..., C, C)` Hessians).
     """
-    if expected_hess.ndim == 1:
+    if expected_hess.shape == expected_grad.shape:
         return expected_grad - expected_hess * mean, 0.5 * expected_hess
-    return expected_grad - expected_hess @ mean, 0.5 * expected_hess
+    product = jnp.einsum("...ij,...j->...i", expected_hess, mean)
+    return expected_grad - product, 0.5 * expected_hess
 
 
 def damped_natural_update(eta, eta_target, lr):
@@ -117,7 +119,7 @@ def blr_diag_update(
     expected_grad: Float[Array, " D"],
     expected_hess_diag: Float[Array, " D"],
     prior_mean: Float[Array, " D"],
-    prior_precision: Float[Array, "D D"],
+    prior_precision: Float[Array, "D D"] | Float[Array, " D"],
     lr,
 ) -> tuple[Float[Array, " D"], Float[Array, " D"]]:
     """Bayesian learning rule for a diagonal Gaussian `N(mu, diag(s)^-1)`:
@@ -125,10 +127,15 @@ def blr_diag_update(
         g_bar = E_q[g] - Lambda_0 (mu - mu_0),        h_bar = diag(E_q[H]) - diag(Lambda_0)
         s_new = (1 - lr) s - lr * h_bar,               mu_new = mu + lr * g_bar / s_new
 
-    the natural gradient of the ELBO restricted to the mean-field family.
+    the natural gradient of the ELBO restricted to the mean-field family. `prior_precision`
+    is a matrix or, for a diagonal prior, the vector of its diagonal.
     """
-    grad = expected_grad - prior_precision @ (mean - prior_mean)
-    hess = expected_hess_diag - jnp.diagonal(prior_precision)
+    if prior_precision.ndim == 1:
+        grad = expected_grad - prior_precision * (mean - prior_mean)
+        hess = expected_hess_diag - prior_precision
+    else:
+        grad = expected_grad - prior_precision @ (mean - prior_mean)
+        hess = expected_hess_diag - jnp.diagonal(prior_precision)
     new_precision = (1.0 - lr) * precision - lr * hess
     return mean + lr * grad / new_precision, new_precision
 
@@ -233,5 +240,5 @@ def variational_elbo_mc(
     for likelihoods without quadrature (non-factorising, weight-space models).
     """
     noise = jax.random.normal(key, (num_samples, mean.shape[0]), dtype=mean.dtype)
-    samples = mean + noise @ scale_tril.T
+    samples = mean[None, :] + noise @ scale_tril.T
     return jnp.mean(jax.vmap(log_likelihood)(samples)) - kl

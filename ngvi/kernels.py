@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, ArrayLike, Float
 
 from ._validation import check_positive
+from .parameters import learnable
 
 
 def as_2d_inputs(X: Float[ArrayLike, "n ..."]) -> Float[Array, "n d"]:
@@ -112,12 +113,12 @@ class AbstractStationaryKernel(AbstractKernel):
     - `variance`: the signal variance `sigma^2 > 0`.
     - `lengthscale`: `ell > 0`, a scalar or one per input dimension (shape `(d,)`).
 
-    Both are stored as logarithms (`log_variance`, `log_lengthscale`), so any real value of the
-    stored parameters gives a valid kernel.
+    Both are stored as logarithms (`log_variance`, `log_lengthscale`, marked `learnable`), so
+    any real value of the stored parameters gives a valid kernel.
     """
 
-    log_variance: Float[Array, ""]
-    log_lengthscale: Float[Array, "*d"]
+    log_variance: Float[Array, ""] = learnable()
+    log_lengthscale: Float[Array, "*d"] = learnable()
 
     def __init__(self, variance: ArrayLike = 1.0, lengthscale: ArrayLike = 1.0):
         check_positive(variance, "variance")
@@ -147,6 +148,12 @@ class AbstractStationaryKernel(AbstractKernel):
         """Return `kappa(r^2)`, the kernel as a function of the scaled squared distance."""
 
     def evaluate(self, x1: Float[Array, " d"], x2: Float[Array, " d"]) -> Float[Array, ""]:
+        if self.log_lengthscale.ndim == 1 and self.log_lengthscale.shape[0] != x1.shape[-1]:
+            raise ValueError(
+                f"The kernel has {self.log_lengthscale.shape[0]} lengthscales but the inputs "
+                f"have {x1.shape[-1]} dimension(s): give one lengthscale per input dimension, "
+                "or a scalar."
+            )
         scaled = (x1 - x2) / self.lengthscale
         return self.variance * self.profile(jnp.sum(scaled**2))
 

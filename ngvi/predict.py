@@ -2,27 +2,27 @@
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 from jaxtyping import Array, Float
 
-from .models import AbstractModel, GPModel, LinearModel, _as_inputs
-from .variational import GaussianVariational
-from .whitened import AbstractWhitenedVariational
+from ._data import as_inputs
+from .likelihoods import AbstractLikelihood
 
 
 class Prediction(eqx.Module):
-    """Predictive summaries at new inputs.
+    """Predictive summaries at `m` new inputs (`(m,)` arrays for one latent function,
+    `(m, C)` for several).
 
     - `latent_mean`, `latent_variance`: the marginals of `f(x*)` under `q`.
     - `mean`, `variance`: of `y*` with `f` integrated out, `E[y*]` and `Var[y*]`. For binary
       likelihoods `mean` is `P(y* = 1)` (probit: `Phi(mu / sqrt(1 + var))`); for Poisson the
-      rate `exp(mu + var / 2)` per unit exposure; for a Gaussian `mu` and `var + s2`.
+      rate `exp(mu + var / 2)` per unit exposure; for a Gaussian `mu` and `var + s2`. `None`
+      when the likelihood defines neither `predictive_moments` nor `conditional_moments`.
     """
 
     latent_mean: Float[Array, " m"]
     latent_variance: Float[Array, " m"]
-    mean: Float[Array, " m"]
-    variance: Float[Array, " m"]
+    mean: Float[Array, " m"] | None
+    variance: Float[Array, " m"] | None
 
     @property
     def probability(self) -> Float[Array, " m"]:
@@ -30,51 +30,42 @@ class Prediction(eqx.Module):
         return self.mean
 
 
-@eqx.filter_jit
-def _latent_gp(model: GPModel, q, X_new):
-    factors = q.factorise()
-    cross = model.prior.cross_covariance(model.X, X_new)
-    mean = model.prior.mean_vector(X_new) + cross.T @ factors.weights
-    v = jsl.solve_triangular(factors.cholesky_b, factors.sqrt_w[:, None] * cross, lower=True)
-    variance = model.prior.variance(X_new) - jnp.sum(v**2, axis=0)
-    return mean, jnp.maximum(variance, 0.0)
+def _has_predictive(likelihood) -> bool:
+    overridden = type(likelihood).predictive_moments is not AbstractLikelihood.predictive_moments
+    return overridden or likelihood.has_conditional_moments
 
 
 @eqx.filter_jit
-def _latent_gp_whitened(model: GPModel, q: AbstractWhitenedVariational, X_new):
-    cross = model.prior.cross_covariance(model.X, X_new)
-    return q.predict_latent(cross, model.prior.mean_vector(X_new), model.prior.variance(X_new))
+def _predict(model, q, X_new):
+    marginals = model.predict_latent(q, X_new)
+    mean, variance = marginals.mean, marginals.variance
+    if mean.shape[1] == 1:
+        mean, variance = mean[:, 0], variance[:, 0]
+    if not _has_predictive(model.likelihood):
+        return mean, variance, None, None
+    return mean, variance, *model.likelihood.predictive_moments(mean, variance)
 
 
-@eqx.filter_jit
-def _predictive(likelihood, mean, variance):
-    return likelihood.predictive_moments(mean, variance)
-
-
-def predict(model: AbstractModel, q: GaussianVariational, X_new) -> Prediction:
+def predict(model, q, X_new) -> Prediction:
     """Predict at new inputs `X_new` (`(m,)` or `(m, d)`; a design matrix for linear models).
 
-    GP latent marginals, from the site form with `B = L L^T`:
-
-        E[f*]   = m0(x*) + k*^T a,            Var[f*] = k** - ||L^-1 W^1/2 k*||^2
+    The model computes the latent marginals from `q` (for a dense GP's sites,
+    `E[f*] = m0(x*) + k*^T a` and `Var[f*] = k** - ||L^-1 W^1/2 k*||^2`) and the likelihood
+    integrates the latent out.
 
     ```python
     pred = ngvi.predict(model, result.q, X_new)
     pred.latent_mean, pred.latent_variance, pred.mean
     ```
     """
-    X_new = jnp.asarray(_as_inputs(X_new, "X_new"), model.X.dtype)
+    if model.X.shape[1] == 0:  # no inputs (a ParametricModel): nothing to predict at
+        raise TypeError(
+            f"{type(model).__name__} has no inputs to predict at; use `model.posterior(q)` "
+            "for the posterior of its parameters."
+        )
+    X_new = jnp.asarray(as_inputs(X_new, "X_new"), model.dtype)
     if X_new.shape[1] != model.X.shape[1]:
         raise ValueError(
             f"`X_new` has {X_new.shape[1]} columns but the model was fitted on {model.X.shape[1]}."
         )
-    if isinstance(model, GPModel) and isinstance(q, AbstractWhitenedVariational):
-        mean, variance = _latent_gp_whitened(model, q, X_new)
-    elif isinstance(model, GPModel):
-        mean, variance = _latent_gp(model, q, X_new)
-    elif isinstance(model, LinearModel):
-        mean, variance = q.projected_marginals(X_new)
-    else:
-        raise TypeError(f"predict does not know how to handle {type(model).__name__}.")
-    y_mean, y_variance = _predictive(model.likelihood, mean, variance)
-    return Prediction(mean, variance, y_mean, y_variance)
+    return Prediction(*_predict(model, q, X_new))

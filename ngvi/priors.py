@@ -1,6 +1,19 @@
-"""Gaussian priors: a GP prior over function values and a dense Gaussian over weights."""
+"""Gaussian priors: a GP prior over function values and a dense Gaussian over weights.
 
+A prior tells a model how its latent at any inputs depends on *whitened coordinates*
+`v ~ N(0, I)` (a `RowsView`, see `ngvi.families.views`):
+
+- `GPPrior`, coordinates at inputs `Z` (the training inputs for a dense model, the inducing
+  inputs for a sparse one): `f(Z) = m0 + L v` with `L = chol(K(Z, Z) + jitter I)`, and at other
+  inputs `f(x) = m0 + a(x)^T v + e(x)`, `a(x) = L^-1 k(Z, x)`, `Var[e(x)] = k(x, x) - ||a(x)||^2`
+  (no jitter there);
+- `GaussianPrior` over the weights of `f = x^T w`: `w = m0 + L0 v`, so `f(x) = x^T m0 +
+  (L0^T x)^T v` exactly.
+"""
+
+import abc
 import math
+from typing import ClassVar
 
 import distrax
 import equinox as eqx
@@ -10,10 +23,45 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Float
 
 from ._validation import check_finite, check_positive, is_concrete
+from .families.sites import SitePredictionView, SiteView
+from .families.views import RowsView
 from .kernels import AbstractKernel, _as_float_array, as_2d_inputs
 
 
-class GPPrior(eqx.Module):
+class AbstractPrior(eqx.Module):
+    """What a model needs from its prior (see the module docstring)."""
+
+    has_sites: ClassVar[bool] = False
+    """Whether the prior is over the latent at the data points themselves (a dense GP), so
+    that the site family applies."""
+
+    @abc.abstractmethod
+    def num_coordinates(self, inputs: Float[Array, "n d"]) -> int:
+        """The dimension `D` of the whitened coordinates for a model on `inputs`."""
+
+    @abc.abstractmethod
+    def whitened_view(
+        self, inputs: Float[Array, "n d"], at: Float[Array, "m d"] | None = None
+    ) -> RowsView:
+        """The latent at `at` (default: at `inputs` themselves) in whitened coordinates."""
+
+    @abc.abstractmethod
+    def latent_coordinates(
+        self, inputs: Float[Array, "n d"]
+    ) -> tuple[Float[Array, " D"], Float[Array, "D D"]]:
+        """`(o, L)` such that the model's natural coordinates are `o + L v`."""
+
+    def site_view(self, inputs: Float[Array, "n d"]) -> SiteView:
+        raise TypeError(
+            f"A {type(self).__name__} has no latent per data point, so the site family does "
+            "not apply; use the model's own `init_variational()`."
+        )
+
+    def site_prediction_view(self, inputs, X_new) -> SitePredictionView:
+        return self.site_view(inputs)
+
+
+class GPPrior(AbstractPrior):
     """A Gaussian-process prior `f ~ GP(m0, k)` with a constant mean `m0`.
 
     At inputs `X` the prior is `f(X) ~ N(m0 * 1, K(X, X) + jitter * I)`; the jitter keeps the
@@ -30,6 +78,7 @@ class GPPrior(eqx.Module):
     kernel: AbstractKernel
     mean: Float[Array, ""]
     jitter: float = eqx.field(static=True)
+    has_sites: ClassVar[bool] = True
 
     def __init__(self, kernel: AbstractKernel, mean: ArrayLike = 0.0, jitter: float = 1e-6):
         if not isinstance(kernel, AbstractKernel):
@@ -64,6 +113,34 @@ class GPPrior(eqx.Module):
         """Return the prior marginal variances `k(x_i, x_i)`, without jitter."""
         return self.kernel.diagonal(X)
 
+    def num_coordinates(self, inputs):
+        return inputs.shape[0]
+
+    def whitened_view(self, inputs, at=None):
+        factor = jnp.linalg.cholesky(self.covariance(inputs))
+        if at is None:
+            zeros = jnp.zeros(inputs.shape[0], factor.dtype)
+            return RowsView(self.mean_vector(inputs), factor, zeros)
+        return self.conditional_view(inputs, factor, at)
+
+    def conditional_view(self, inputs, factor, at) -> RowsView:
+        """The view at `at` given `factor = chol(K(inputs, inputs) + jitter I)`:
+        `a(x) = factor^-1 k(inputs, x)`, `c(x) = k(x, x) - ||a(x)||^2` (no jitter)."""
+        design = jsl.solve_triangular(factor, self.cross_covariance(inputs, at), lower=True).T
+        conditional = self.variance(at) - jnp.sum(design**2, axis=1)
+        return RowsView(self.mean_vector(at), design, jnp.maximum(conditional, 0.0))
+
+    def latent_coordinates(self, inputs):
+        return self.mean_vector(inputs), jnp.linalg.cholesky(self.covariance(inputs))
+
+    def site_view(self, inputs):
+        return SiteView(self.mean_vector(inputs), self.covariance(inputs))
+
+    def site_prediction_view(self, inputs, X_new):
+        return SitePredictionView(
+            self.cross_covariance(inputs, X_new), self.mean_vector(X_new), self.variance(X_new)
+        )
+
 
 def _as_covariance_matrix(covariance: Array, dim: int) -> Array:
     if covariance.ndim == 0:
@@ -78,7 +155,7 @@ def _as_covariance_matrix(covariance: Array, dim: int) -> Array:
     )
 
 
-class GaussianPrior(eqx.Module):
+class GaussianPrior(AbstractPrior):
     """A Gaussian prior `w ~ N(mu, Sigma)` over the `D` weights of a parametric model.
 
     Natural parameters follow the library convention `eta1 = Sigma^-1 mu`,
@@ -147,3 +224,14 @@ class GaussianPrior(eqx.Module):
     def to_distribution(self) -> distrax.MultivariateNormalTri:
         """Return the prior as a `distrax.MultivariateNormalTri`."""
         return distrax.MultivariateNormalTri(loc=self.mean, scale_tri=self.cholesky())
+
+    def num_coordinates(self, inputs):
+        return self.dim
+
+    def whitened_view(self, inputs, at=None):
+        at = inputs if at is None else at
+        zeros = jnp.zeros(at.shape[0], at.dtype)
+        return RowsView(at @ self.mean, at @ self.cholesky(), zeros)
+
+    def latent_coordinates(self, inputs):
+        return self.mean, self.cholesky()

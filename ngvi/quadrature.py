@@ -35,9 +35,9 @@ def gauss_hermite_expectation(
 
     **Arguments:**
 
-    - `fn`: maps the node array of shape `(num_points, n)` to an array, or a pytree of arrays,
-        of the same shape. It is applied once to all nodes, so it must act elementwise along
-        axis 0 (it may depend on the column index, e.g. through per-point data).
+    - `fn`: maps one node per point, an array shaped like `mean`, to an array (or a pytree of
+        arrays) of that shape; it may depend on the index, e.g. through per-point data. It is
+        vmapped over the `num_points` nodes.
     - `mean`: the means $m_i$, shape `(n,)`.
     - `variance`: the variances $v_i \ge 0$, shape `(n,)`; negative round-off is clamped to 0.
     - `num_points`: the number of quadrature nodes $Q$ (a Python int).
@@ -62,5 +62,5 @@ def gauss_hermite_expectation(
     weights = jnp.asarray(weights, dtype)
     std = jnp.sqrt(jnp.maximum(variance, 0.0))
     f = mean[None, ...] + std[None, ...] * nodes.reshape((-1,) + (1,) * mean.ndim)
-    values = fn(f)
+    values = jax.vmap(fn)(f)
     return jax.tree_util.tree_map(lambda value: jnp.tensordot(weights, value, axes=1), values)

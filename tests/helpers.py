@@ -23,33 +23,6 @@ def banana(n=None):
     return (X, y) if n is None else (X[:n], y[:n])
 
 
-def count_step_traces(strategy, models, num_steps=3):
-    """Fit each model with `strategy` and return how many times its `step` was traced.
-
-    The counter is a Python side effect in a wrapper's `step`, so it runs only while JAX
-    traces; a strategy that compiles once traces once however many same-shaped fits it runs.
-    """
-    counter = {"traces": 0}
-
-    class TraceCounting(ngvi.AbstractOptimizer):
-        inner: ngvi.AbstractOptimizer
-
-        def init_variational(self, model):
-            return self.inner.init_variational(model)
-
-        def init(self, model, q):
-            return self.inner.init(model, q)
-
-        def step(self, model, q, state, step_count, key):
-            counter["traces"] += 1
-            return self.inner.step(model, q, state, step_count, key)
-
-    wrapped = TraceCounting(strategy)
-    for model in models:
-        ngvi.fit(model, wrapped, num_steps=num_steps, tol=0.0, progress=False)
-    return counter["traces"]
-
-
 def student_t_outliers_model(df=4.0, scale=0.1):
     """GP regression with a Student-t likelihood: `sin(2x)` + N(0, 0.1^2) noise on 40 points,
     with three gross outliers (+4, -5, +3.5 at indices 5, 17, 30). The likelihood is not
@@ -74,3 +47,38 @@ def numpy_kl(m, S, m0, S0):
         + np.linalg.slogdet(S0)[1]
         - np.linalg.slogdet(S)[1]
     )
+
+
+def count_fit_step_traces(strategy, models, num_steps=3):
+    """Fit each model with `strategy` (new strategy API: `step(model, q, state, batch,
+    step_count, key)`) and return how many times its `step` was traced.
+
+    The counter is a Python side effect in a wrapper's `step`, so it runs only while JAX
+    traces; a strategy that compiles once traces once however many same-shaped fits it runs.
+    The wrapper forwards `form`, `init`, `terminate` and `smoothing` to the strategy.
+    """
+    counter = {"traces": 0}
+    inner_form = strategy.form
+
+    class TraceCounting(ngvi.AbstractOptimizer):
+        inner: ngvi.AbstractOptimizer
+        form = inner_form
+
+        @property
+        def smoothing(self):
+            return self.inner.smoothing
+
+        def init(self, model, q):
+            return self.inner.init(model, q)
+
+        def step(self, model, q, state, batch, step_count, key):
+            counter["traces"] += 1
+            return self.inner.step(model, q, state, batch, step_count, key)
+
+        def terminate(self, history, t, tol):
+            return self.inner.terminate(history, t, tol)
+
+    wrapped = TraceCounting(strategy)
+    for model in models:
+        ngvi.fit(model, wrapped, num_steps=num_steps, tol=0.0, progress=False)
+    return counter["traces"]

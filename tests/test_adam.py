@@ -1,69 +1,112 @@
-"""Adam: the Euclidean baseline on the whitened family `v = m0 + L0 u`, `q(u) = N(m, S S^T)`.
+"""Adam: the Euclidean baseline on the moment form of the model's family, `q(v) = N(m, S S^T)`
+over the model's whitened coordinates (`w = m0 + L0 v`, or `f(X) = m0 + chol(K) v`).
 
-Truth: dense numpy algebra (`inv`, `slogdet`) for the family's moments, KL and GP predictions,
-and the VI optimum from `NaturalGradient` (checked independently by the core tests).
+Truth: dense numpy algebra (`cholesky`, `inv`, `solve`, `slogdet`) for the family's moments,
+KL, marginals, ELBO and GP predictions, and the VI optimum from `NaturalGradient` (checked
+independently by the core tests).
 """
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import count_step_traces, tutorial_model
+from helpers import count_fit_step_traces, numpy_kl, tutorial_model
 
 import ngvi
 
 
-def _random_whitened(getkey, dim=4):
-    A = jax.random.normal(getkey(), (dim, dim))
-    prior_scale = jnp.linalg.cholesky(A @ A.T + dim * jnp.eye(dim))
-    scale = jnp.tril(jax.random.normal(getkey(), (dim, dim))) + 2.0 * jnp.eye(dim)
-    return ngvi.WhitenedGaussianVariational(
-        jax.random.normal(getkey(), (dim,)),
-        prior_scale,
-        jax.random.normal(getkey(), (dim,)),
-        scale,
+def _random_moments(rng, dim, diagonal):
+    """A random `(m, S)` with a leading latent axis; a full `S` gets junk above the diagonal,
+    which the family must ignore."""
+    mean = rng.standard_normal((1, dim))
+    if diagonal:
+        scale = rng.standard_normal((1, dim))  # signs are irrelevant: S S^T = diag(scale^2)
+        return mean, scale, np.diag(scale[0])
+    scale = rng.standard_normal((1, dim, dim)) + 2.0 * np.eye(dim)[None]
+    return mean, scale, np.tril(scale[0])
+
+
+@pytest.mark.parametrize("family", ["full", "mean-field"])
+def test_whitened_family_moments_kl_and_elbo(family):
+    """A linear-Gaussian model read through a random moment-form q: posterior moments of w,
+    marginals of f = X w, KL and the closed-form ELBO, all against numpy."""
+    rng = np.random.default_rng(0)
+    dim, n = 4, 5
+    A = rng.standard_normal((dim, dim))
+    K = A @ A.T + dim * np.eye(dim)
+    m0 = rng.standard_normal(dim)
+    X, y, noise = rng.standard_normal((n, dim)), rng.standard_normal(n), 0.3
+    model = ngvi.Model(
+        ngvi.GaussianPrior(m0, K), ngvi.likelihoods.Gaussian(noise), X, y, family=family
+    )
+    q_mean, q_scale, S = _random_moments(rng, dim, family == "mean-field")
+    q = ngvi.WhitenedGaussianVariational(jnp.asarray(q_mean), jnp.asarray(q_scale))
+    assert isinstance(model.init_variational("moments"), ngvi.WhitenedGaussianVariational)
+
+    L0 = np.linalg.cholesky(K)
+    mean, covariance = m0 + L0 @ q_mean[0], L0 @ S @ S.T @ L0.T
+    post_mean, post_cov = model.posterior(q)
+    assert post_mean.shape == (1, dim) and post_cov.shape == (1, dim, dim)
+    np.testing.assert_allclose(post_mean[0], mean, rtol=1e-12)
+    np.testing.assert_allclose(post_cov[0], covariance, rtol=1e-10, atol=1e-12)
+    # The stored precision is the marginal precision of the whitened coordinates.
+    np.testing.assert_allclose(q.precision[0], 1.0 / np.diag(S @ S.T), rtol=1e-12)
+
+    marginals, kl = model.latent_marginals_and_kl(q)
+    f_mean, f_var = X @ mean, np.diag(X @ covariance @ X.T)
+    assert marginals.mean.shape == (n, 1) and marginals.variance.shape == (n, 1)
+    np.testing.assert_allclose(marginals.mean[:, 0], f_mean, rtol=1e-10)
+    np.testing.assert_allclose(marginals.variance[:, 0], f_var, rtol=1e-10)
+    assert float(kl) == pytest.approx(numpy_kl(mean, covariance, m0, K), rel=1e-10)
+
+    expected = -0.5 * np.log(2 * np.pi * noise) - ((y - f_mean) ** 2 + f_var) / (2 * noise)
+    elbo = np.sum(expected) - numpy_kl(mean, covariance, m0, K)
+    assert float(model.elbo(q)) == pytest.approx(elbo, rel=1e-10)
+
+    X_new = rng.standard_normal((3, dim))
+    new = model.predict_latent(q, jnp.asarray(X_new))
+    np.testing.assert_allclose(new.mean[:, 0], X_new @ mean, rtol=1e-10)
+    np.testing.assert_allclose(
+        new.variance[:, 0], np.diag(X_new @ covariance @ X_new.T), rtol=1e-10
     )
 
 
-def test_whitened_family_moments_and_kl(getkey):
-    q = _random_whitened(getkey)
-    L0, S = np.asarray(q.prior_scale), np.tril(np.asarray(q.whitened_scale))
-    m0, m = np.asarray(q.prior_mean), np.asarray(q.whitened_mean)
-    mean, covariance = m0 + L0 @ m, L0 @ S @ S.T @ L0.T
-    np.testing.assert_allclose(q.mean, mean, rtol=1e-12)
-    np.testing.assert_allclose(q.covariance, covariance, rtol=1e-12)
-    np.testing.assert_allclose(q.scale_tril() @ q.scale_tril().T, covariance, rtol=1e-10)
-    np.testing.assert_allclose(q.marginals()[1], np.diag(covariance), rtol=1e-12)
-    K = L0 @ L0.T
-    diff = mean - m0
-    kl = 0.5 * (
-        np.trace(np.linalg.solve(K, covariance))
-        + diff @ np.linalg.solve(K, diff)
-        - len(m)
-        + np.linalg.slogdet(K)[1]
-        - np.linalg.slogdet(covariance)[1]
-    )
-    assert float(q.kl_to_prior()) == pytest.approx(kl, rel=1e-10)
-    design = np.asarray(jax.random.normal(getkey(), (5, 4)))
-    f_mean, f_var = q.projected_marginals(jnp.asarray(design))
-    np.testing.assert_allclose(f_mean, design @ mean, rtol=1e-10)
-    np.testing.assert_allclose(f_var, np.diag(design @ covariance @ design.T), rtol=1e-10)
+def _se(X1, X2, variance, lengthscale):
+    return variance * np.exp(-0.5 * (X1[:, None] - X2[None, :]) ** 2 / lengthscale**2)
 
 
-def test_whitened_gp_prediction(getkey):
-    q = _random_whitened(getkey)
-    K = np.asarray(q.prior_scale @ q.prior_scale.T)
-    cross = np.asarray(jax.random.normal(getkey(), (4, 3)))
-    prior_mean_new, prior_var_new = np.ones(3), 50.0 * np.ones(3)
-    mean, var = q.predict_latent(jnp.asarray(cross), prior_mean_new, prior_var_new)
-    weights = np.linalg.solve(K, cross)  # K^-1 k*
-    covariance = np.asarray(q.covariance)
+def test_whitened_gp_prediction():
+    """A dense GP read through a random moment-form q over v, f(X) = m0 + chol(K) v."""
+    rng = np.random.default_rng(1)
+    variance, lengthscale, prior_mean, jitter = 1.5, 0.8, 0.5, 1e-6
+    X, X_new = np.array([-1.0, -0.2, 0.4, 1.3]), np.array([-2.0, 0.1, 0.9])
+    kernel = ngvi.kernels.SquaredExponential(variance=variance, lengthscale=lengthscale)
+    prior = ngvi.GPPrior(kernel, mean=prior_mean, jitter=jitter)
+    model = ngvi.Model(prior, ngvi.likelihoods.Probit(), X, np.array([0.0, 1.0, 1.0, 0.0]))
+    q_mean, q_scale, S = _random_moments(rng, 4, diagonal=False)
+    q = ngvi.WhitenedGaussianVariational(jnp.asarray(q_mean), jnp.asarray(q_scale))
+
+    K = _se(X, X, variance, lengthscale) + jitter * np.eye(4)
+    L0 = np.linalg.cholesky(K)
+    m0 = prior_mean * np.ones(4)
+    mu, Sigma = m0 + L0 @ q_mean[0], L0 @ S @ S.T @ L0.T
+    post_mean, post_cov = model.posterior(q)
+    np.testing.assert_allclose(post_mean[0], mu, rtol=1e-10)
+    np.testing.assert_allclose(post_cov[0], Sigma, rtol=1e-9, atol=1e-12)
+    _, kl = model.latent_marginals_and_kl(q)
+    assert float(kl) == pytest.approx(numpy_kl(mu, Sigma, m0, K), rel=1e-8)
+
+    cross = _se(X, X_new, variance, lengthscale)  # k(X, X*), no jitter
+    K_inv = np.linalg.inv(K)
+    expected_mean = prior_mean + cross.T @ K_inv @ (mu - m0)
     expected_var = (
-        prior_var_new - np.sum(cross * weights, 0) + np.sum(weights * (covariance @ weights), 0)
+        variance
+        - np.diag(cross.T @ K_inv @ cross)
+        + np.diag(cross.T @ K_inv @ Sigma @ K_inv @ cross)
     )
-    np.testing.assert_allclose(mean, prior_mean_new + weights.T @ (q.mean - q.prior_mean))
-    np.testing.assert_allclose(var, expected_var, rtol=1e-9)
+    new = model.predict_latent(q, jnp.asarray(X_new))
+    np.testing.assert_allclose(new.mean[:, 0], expected_mean, rtol=1e-8)
+    np.testing.assert_allclose(new.variance[:, 0], expected_var, rtol=1e-7)
 
 
 @pytest.fixture(scope="module")
@@ -78,11 +121,12 @@ def tutorial():
 def test_tutorial_reaches_vi_optimum(tutorial):
     model, optimum, adam = tutorial
     assert optimum.converged
+    assert isinstance(adam.q, ngvi.WhitenedGaussianVariational)
     assert np.all(np.isfinite(adam.history.elbo))
     assert float(adam.elbo) == pytest.approx(float(model.elbo(adam.q)), abs=1e-10)
     gap = float(optimum.elbo - adam.elbo)
     assert -1e-6 < gap < 0.01  # the optimum is the ELBO's maximiser
-    assert float(adam.history.elbo[99]) > float(adam.initial_elbo) + 1.0  # it climbs
+    assert float(adam.history.elbo[100]) > float(adam.initial_elbo) + 1.0  # it climbs
 
 
 def test_prediction_matches_natural_gradient(tutorial):
@@ -94,33 +138,63 @@ def test_prediction_matches_natural_gradient(tutorial):
     np.testing.assert_allclose(ours.probability, theirs.probability, atol=1e-2)
 
 
-def test_logistic_regression_and_custom_optimizer():
-    key_x, key_y = jax.random.split(jax.random.PRNGKey(3))
-    X = jnp.concatenate([jnp.ones((60, 1)), jax.random.normal(key_x, (60, 2))], axis=1)
-    y = jax.random.bernoulli(key_y, jax.nn.sigmoid(X @ jnp.array([0.5, 2.0, -1.5])))
+def _logistic_data():
+    rng = np.random.default_rng(3)
+    X = np.concatenate([np.ones((60, 1)), rng.standard_normal((60, 2))], axis=1)
+    probability = 1.0 / (1.0 + np.exp(-(X @ np.array([0.5, 2.0, -1.5]))))
+    y = (rng.uniform(size=60) < probability).astype(float)
+    return X, y
+
+
+@pytest.mark.parametrize("family", ["full", "mean-field"])
+def test_logistic_regression_reaches_the_natural_gradient_optimum(family):
+    """Adam on the moment form and the natural gradient on the natural form of the same family
+    (full, or mean field over the whitened weights) reach the same optimum."""
+    X, y = _logistic_data()
     prior = ngvi.GaussianPrior(jnp.zeros(3), 2.0 * jnp.eye(3))
-    model = ngvi.Model(prior, ngvi.likelihoods.BernoulliLogit(), X, y.astype(float))
+    model = ngvi.Model(prior, ngvi.likelihoods.BernoulliLogit(), X, y, family=family)
     optimum = ngvi.fit(model, ngvi.NaturalGradient(), 100, tol=1e-14, progress=False)
     adam = ngvi.fit(model, ngvi.Adam(lr=0.05), 1000, tol=0.0, progress=False)
+    assert optimum.converged
     assert isinstance(adam.q, ngvi.WhitenedGaussianVariational)
+    assert adam.q.scale.shape == ((1, 3) if family == "mean-field" else (1, 3, 3))
     assert float(adam.elbo) > float(adam.initial_elbo) + 1.0
     assert -1e-6 < float(optimum.elbo - adam.elbo) < 0.01
-    np.testing.assert_allclose(adam.q.mean, optimum.q.mean, atol=0.05)
+    (adam_mean, adam_cov), (opt_mean, opt_cov) = adam.posterior, optimum.posterior
+    np.testing.assert_allclose(adam_mean[0], opt_mean[0], atol=0.05)
+    np.testing.assert_allclose(adam_cov[0], opt_cov[0], atol=0.05)
+
+
+def test_custom_optimizer_climbs_monotonically():
+    X, y = _logistic_data()
+    prior = ngvi.GaussianPrior(jnp.zeros(3), 2.0 * jnp.eye(3))
+    model = ngvi.Model(prior, ngvi.likelihoods.BernoulliLogit(), X, y)
     sgd = ngvi.fit(model, ngvi.Adam(optimizer=optax.sgd(1e-3)), 50, tol=0.0, progress=False)
-    assert np.all(np.diff(np.asarray(sgd.history.elbo)) > 0)  # small steps climb monotonically
+    elbos = np.append(np.asarray(sgd.history.elbo), float(sgd.elbo))
+    assert np.all(np.diff(elbos) > 0)  # small steps climb monotonically
+
+
+def test_rejects_bad_learning_rate():
+    with pytest.raises(ValueError, match="lr"):
+        ngvi.Adam(lr=-1.0)
 
 
 def test_rejects_other_families():
+    """Adam moves the moment form of the model's family; other families are refused."""
     model = tutorial_model()
-    with pytest.raises(TypeError, match="Whitened"):
+    with pytest.raises(TypeError, match="moments"):  # natural-parameter sites
         ngvi.fit(model, ngvi.Adam(), 5, q=model.init_variational(), progress=False)
-    with pytest.raises(ValueError, match="lr"):
-        ngvi.Adam(lr=-1.0)
+    mean_field = ngvi.Model(model.prior, model.likelihood, model.X, model.y, family="mean-field")
+    with pytest.raises(ValueError, match="shapes"):  # diagonal S for a full-covariance model
+        ngvi.fit(model, ngvi.Adam(), 5, q=mean_field.init_variational("moments"), progress=False)
+    with pytest.raises(TypeError, match="natural"):  # and the natural step refuses moments
+        q = model.init_variational("moments")
+        ngvi.fit(model, ngvi.NaturalGradient(), 5, q=q, progress=False)
 
 
 def test_adam_compiles_once():
     model = tutorial_model()
     flipped = ngvi.Model(model.prior, model.likelihood, model.X, 1.0 - model.y)
-    assert count_step_traces(ngvi.Adam(lr=0.05), [model, model, flipped]) == 1
+    assert count_fit_step_traces(ngvi.Adam(lr=0.05), [model, model, flipped]) == 1
     custom = ngvi.Adam(optimizer=optax.chain(optax.clip(1.0), optax.adam(1e-2)))
-    assert count_step_traces(custom, [model, flipped]) == 1
+    assert count_fit_step_traces(custom, [model, flipped]) == 1

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import count_step_traces, tutorial_data, tutorial_model
+from helpers import count_fit_step_traces, tutorial_data, tutorial_model
 
 import ngvi
 
@@ -58,20 +58,43 @@ def test_logistic_regression_fixed_point(logistic):
     result = ngvi.fit(model, ngvi.GaussNewton(), 50, tol=0.0, progress=False)
     assert np.all(np.isfinite(result.history.elbo))
     # Stationarity of the Gauss-Newton iteration: Lambda = Lambda_0 + X^T diag(-E[H_GN]) X,
-    # the Gauss-Newton matrix J^T R^-1 J with J = X, R = 1 / (-E[H_GN]).
-    mean, variance = result.q.projected_marginals(model.X)
-    _, _, hess = model.likelihood.gauss_newton_derivatives(model.y, mean, variance)
+    # the Gauss-Newton matrix J^T R^-1 J with J = X, R = 1 / (-E[H_GN]), in the weights w.
+    post_mean, post_cov = result.posterior
+    mean_w, cov_w = np.asarray(post_mean[0]), np.asarray(post_cov[0])
+    X = np.asarray(model.X)
+    f_mean, f_var = X @ mean_w, np.einsum("nd,de,ne->n", X, cov_w, X)
+    _, _, hess = model.likelihood.gauss_newton_derivatives(
+        model.y, jnp.asarray(f_mean), jnp.asarray(f_var)
+    )
     curvature = ngvi.gauss_newton_precision(model.X, 1.0 / -hess).as_matrix()
     expected = np.linalg.inv(np.asarray(model.prior.covariance)) + np.asarray(curvature)
-    np.testing.assert_allclose(result.q.precision, expected, rtol=1e-8)
+    np.testing.assert_allclose(np.linalg.inv(cov_w), expected, rtol=1e-8)
+    # The same in the family's whitened coordinates v (w = m0 + L0 v): L0^T Lambda L0.
+    L0 = np.linalg.cholesky(np.asarray(model.prior.covariance))
+    np.testing.assert_allclose(result.q.precision[0], L0.T @ expected @ L0, rtol=1e-8)
     # Logit is a canonical link, H_GN = H: the fixed point is the VI optimum.
     optimum = ngvi.fit(model, ngvi.NaturalGradient(), 100, tol=1e-14, progress=False)
     assert float(result.elbo) == pytest.approx(float(optimum.elbo), abs=1e-8)
-    np.testing.assert_allclose(result.q.mean, optimum.q.mean, atol=1e-6)
+    np.testing.assert_allclose(mean_w, optimum.posterior[0][0], atol=1e-6)
+
+
+def test_requires_conditional_moments():
+    """`GaussNewton.init` refuses a likelihood without `conditional_moments`."""
+
+    class Laplace(ngvi.likelihoods.AbstractLikelihood):
+        def log_prob(self, f, y):
+            return -jnp.abs(y - f) - jnp.log(2.0)
+
+    X, _ = tutorial_data()
+    kernel = ngvi.kernels.SquaredExponential(variance=1.0, lengthscale=1.0)
+    model = ngvi.Model(ngvi.GPPrior(kernel), Laplace(), X, np.sin(np.asarray(X)))
+    assert not model.likelihood.has_conditional_moments
+    with pytest.raises(ValueError, match="conditional_moments"):
+        ngvi.fit(model, ngvi.GaussNewton(), 5, progress=False)
 
 
 def test_gauss_newton_compiles_once(logistic):
     model = tutorial_model()
     flipped = ngvi.Model(model.prior, model.likelihood, model.X, 1.0 - model.y)
-    assert count_step_traces(ngvi.GaussNewton(lr=0.5), [model, model, flipped]) == 1
-    assert count_step_traces(ngvi.GaussNewton(), [logistic, logistic]) == 1
+    assert count_fit_step_traces(ngvi.GaussNewton(lr=0.5), [model, model, flipped]) == 1
+    assert count_fit_step_traces(ngvi.GaussNewton(), [logistic, logistic]) == 1

@@ -335,7 +335,7 @@ def test_variational_elbo_mc_approaches_exact(getkey):
     )
     # standard error from the same samples
     eps = jax.random.normal(key, (num_samples, dim), dtype=jnp.float64)
-    values = jax.vmap(log_lik)(jnp.asarray(mean) + eps @ jnp.asarray(L).T)
+    values = jax.vmap(log_lik)(jnp.asarray(mean)[None, :] + eps @ jnp.asarray(L).T)
     se = float(jnp.std(values)) / np.sqrt(num_samples)
     assert abs(float(mc) - float(exact)) < 5 * se
     assert se < 0.02  # the check above is not vacuous

@@ -56,6 +56,11 @@ class DenseELBO:
         raw[self.diag] = np.log(raw[self.diag])
         return np.concatenate([np.asarray(m), raw])
 
+    def from_posterior(self, model, q):
+        """`q` read through `model` (`model.posterior`) -> whitened theta."""
+        mean, covariance = model.posterior(q)
+        return self.from_moments(np.asarray(mean[0]), np.asarray(covariance[0]))
+
     def from_moments(self, mu, Sigma):
         """(mu, Sigma) of q(f) -> whitened theta."""
         LK = np.asarray(self.LK)
@@ -112,7 +117,7 @@ def test_tutorial_reaches_the_independent_optimum_in_ten_steps(tutorial_fit, tut
     assert np.all(np.isfinite(np.asarray(result.q.lam1)))
     assert result.converged
     # the library's ELBO agrees with the independent one at the library's q
-    theta_ngvi = reference.from_moments(np.asarray(result.q.mean), np.asarray(result.q.covariance))
+    theta_ngvi = reference.from_posterior(model, result.q)
     np.testing.assert_allclose(reference.elbo(jnp.asarray(theta_ngvi)), result.elbo, atol=1e-8)
     # within 1e-6 nats of the optimum by step 10, and not above it (beyond quadrature noise)
     assert abs(result.elbo - best) < 1e-6, (float(result.elbo), best)
@@ -126,7 +131,7 @@ def test_tutorial_solution_is_stationary(tutorial_fit, tutorial_reference):
     reference, theta_best, _ = tutorial_reference
 
     def gradient_norm(q):
-        theta = reference.from_moments(np.asarray(q.mean), np.asarray(q.covariance))
+        theta = reference.from_posterior(model, q)
         return np.linalg.norm(reference.value_and_grad(jnp.asarray(theta))[1])
 
     # The default fit stops once the ELBO changes by < 1e-9 relative (step ~11): close.
@@ -142,9 +147,10 @@ def test_tutorial_solution_is_stationary(tutorial_fit, tutorial_reference):
     # and it is the same q the independent optimiser found
     m_best, S_best = reference.unpack(jnp.asarray(theta_best))
     LK = np.asarray(reference.LK)
-    np.testing.assert_allclose(result.q.mean, LK @ np.asarray(m_best), atol=1e-4)
+    mean, covariance = model.posterior(result.q)
+    np.testing.assert_allclose(mean[0], LK @ np.asarray(m_best), atol=1e-4)
     cov_best = LK @ np.asarray(S_best) @ np.asarray(S_best).T @ LK.T
-    np.testing.assert_allclose(result.q.covariance, cov_best, atol=1e-4)
+    np.testing.assert_allclose(covariance[0], cov_best, atol=1e-4)
 
 
 @pytest.mark.slow
@@ -181,8 +187,8 @@ def test_newton_fixed_point_is_not_higher(tutorial_fit):
     # Laplace q = N(f_hat, precision^-1) written as sites: W = -diag(H_lik), lam1 = W f_hat + g
     W = -np.diag(np.asarray(jax.hessian(log_lik)(f)))
     lam1 = W * np.asarray(f) + np.asarray(jax.grad(log_lik)(f))
-    laplace = model.variational(jnp.asarray(lam1), jnp.asarray(-0.5 * W))
-    np.testing.assert_allclose(laplace.mean, f, atol=1e-6)
+    laplace = ngvi.SiteGaussianVariational(jnp.asarray(lam1)[None], jnp.asarray(-0.5 * W)[None])
+    np.testing.assert_allclose(model.posterior(laplace)[0][0], f, atol=1e-6)
     assert float(model.elbo(laplace)) < float(result.elbo) - 1e-4
 
 
@@ -194,14 +200,15 @@ def test_tutorial_float32():
         model = ngvi.Model(ngvi.GPPrior(kernel, jitter=1e-6), Probit(), X, y)
         assert model.X.dtype == jnp.float32 and model.y.dtype == jnp.float32
         result = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), num_steps=20, progress=False)
-        mean, variance = result.q.marginals()
+        marginals, _ = model.latent_marginals_and_kl(result.q)
+        mean, variance = marginals.mean[:, 0], marginals.variance[:, 0]
     assert result.q.lam1.dtype == jnp.float32 and result.elbo.dtype == jnp.float32
     assert mean.dtype == jnp.float32
     for array in (result.q.lam1, result.q.lam2, result.history.elbo, mean, variance):
         assert np.all(np.isfinite(np.asarray(array)))
     assert result.outcome != ngvi.FitOutcome.failed
     np.testing.assert_allclose(float(result.elbo), float(reference.elbo), rtol=1e-3)
-    np.testing.assert_allclose(mean, reference.q.mean, atol=1e-2)
+    np.testing.assert_allclose(mean, reference.posterior[0][0], atol=1e-2)
 
 
 # --------------------------------------------------------------------------------------------
@@ -231,15 +238,18 @@ def test_gaussian_likelihood_one_step_is_exact():
     result = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), num_steps=1, progress=False)
     K = np.asarray(prior.covariance(model.X))
     mu, Sigma, log_marginal = exact_gp_posterior(K, y, np.full(30, s2))
-    np.testing.assert_allclose(result.q.mean, mu, rtol=1e-7, atol=1e-8)
-    np.testing.assert_allclose(result.q.covariance, Sigma, rtol=1e-6, atol=1e-9)
+    mean, covariance = result.posterior
+    np.testing.assert_allclose(mean[0], mu, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(covariance[0], Sigma, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(result.elbo, log_marginal, rtol=1e-8)
-    mean, variance = result.q.marginals()
-    closed = ngvi.variational_elbo_gaussian(model.y, mean, variance, s2, result.q.kl_to_prior())
+    marginals, kl = model.latent_marginals_and_kl(result.q)
+    closed = ngvi.variational_elbo_gaussian(
+        model.y, marginals.mean[:, 0], marginals.variance[:, 0], s2, kl
+    )
     np.testing.assert_allclose(closed, log_marginal, rtol=1e-8)
     # sites are exactly the likelihood: lam1 = y / s2, lam2 = -1 / (2 s2)
-    np.testing.assert_allclose(result.q.lam1, y / s2, rtol=1e-10)
-    np.testing.assert_allclose(result.q.lam2, -0.5 / s2, rtol=1e-12)
+    np.testing.assert_allclose(result.q.lam1[0], y / s2, rtol=1e-10)
+    np.testing.assert_allclose(result.q.lam2[0], -0.5 / s2, rtol=1e-12)
     # a second step changes nothing
     again = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), num_steps=1, q=result.q, progress=False)
     np.testing.assert_allclose(again.q.lam1, result.q.lam1, rtol=1e-10)
@@ -259,13 +269,16 @@ def test_user_likelihood_with_only_log_prob_is_exact():
     noise = np.linspace(0.02, 0.5, 30)
     model = ngvi.Model(prior, HeteroscedasticGaussian(jnp.asarray(noise)), X, y)
     result = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), num_steps=10, progress=False)
-    assert result.converged and result.num_steps <= 3
+    # exact after one step; convergence needs the ELBO flat over the last 2 steps (was 1)
+    assert result.converged and result.num_steps <= 4
     K = np.asarray(prior.covariance(model.X))
     mu, Sigma, log_marginal = exact_gp_posterior(K, y, noise)
-    np.testing.assert_allclose(result.q.mean, mu, rtol=1e-7, atol=1e-8)
-    np.testing.assert_allclose(result.q.covariance, Sigma, rtol=1e-6, atol=1e-9)
+    mean, covariance = result.posterior
+    np.testing.assert_allclose(mean[0], mu, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(covariance[0], Sigma, rtol=1e-6, atol=1e-9)
     np.testing.assert_allclose(result.elbo, log_marginal, rtol=1e-8)
-    np.testing.assert_allclose(result.history.elbo[0], log_marginal, rtol=1e-8)  # one step
+    # `history.elbo[t]` is the ELBO before step t: exact after one step
+    np.testing.assert_allclose(result.history.elbo[1], log_marginal, rtol=1e-8)
 
 
 # --------------------------------------------------------------------------------------------
@@ -300,8 +313,9 @@ def assert_converges_to_stationary_point(model, gradient_tol=1e-6):
     for array in (q.lam1, q.lam2, tight.history.elbo):
         assert np.all(np.isfinite(np.asarray(array)))
     assert np.all(np.asarray(q.lam2) < 0)
+    q, state = optimizer.init(model, q)
     step = eqx.filter_jit(optimizer.step)
-    new_q, _, info = step(model, q, None, jnp.asarray(0), jax.random.PRNGKey(0))
+    new_q, _, info = step(model, q, state, None, jnp.asarray(0), jax.random.PRNGKey(0))
     for new, old in zip(new_q.parameters, q.parameters, strict=True):
         change = np.max(np.abs(np.asarray(new) - np.asarray(old)))
         assert change < 1e-8 * (1 + np.max(np.abs(np.asarray(old)))), change
@@ -309,7 +323,7 @@ def assert_converges_to_stationary_point(model, gradient_tol=1e-6):
 
     # the ELBO as a function of the sites has zero gradient there
     def elbo_of_sites(lam1, lam2):
-        return model.elbo(model.variational(lam1, lam2))
+        return model.elbo(ngvi.SiteGaussianVariational(lam1, lam2))
 
     grad = jax.jit(jax.grad(elbo_of_sites, argnums=(0, 1)))
     g1, g2 = grad(q.lam1, q.lam2)
@@ -328,14 +342,15 @@ def test_poisson_coal_mining_converges_to_a_stationary_point():
     model = coal_model()
     result = assert_converges_to_stationary_point(model)
     # sensible rates: the fitted intensity tracks the counts (early years higher)
-    rate = np.exp(np.asarray(result.q.mean))
+    rate = np.exp(np.asarray(result.posterior[0][0]))
     assert rate[:30].mean() > 2 * rate[-40:].mean()
 
 
 def test_probit_banana_converges_to_a_stationary_point():
     model = banana_model()
     result = assert_converges_to_stationary_point(model)
-    accuracy = np.mean((np.asarray(result.q.mean) > 0) == (np.asarray(model.y) > 0.5))
+    mean = np.asarray(model.latent_marginals_and_kl(result.q)[0].mean[:, 0])
+    accuracy = np.mean((mean > 0) == (np.asarray(model.y) > 0.5))
     assert accuracy > 0.8
 
 
@@ -378,6 +393,7 @@ def test_precision_floor_and_min_precision(likelihood):
     )
     assert result.converged
     W = -2 * np.asarray(result.q.lam2)
+    np.testing.assert_array_equal(W, np.asarray(result.q.site_precision))
     assert W.min() >= 0.05 - 1e-12
     np.testing.assert_allclose(result.history.min_precision[-1], W.min(), rtol=1e-12)
 
@@ -403,8 +419,9 @@ def test_bayesian_linear_regression_is_exact_in_one_step():
     precision = np.eye(3) / prior_var + design.T @ design / s2
     cov = np.linalg.inv(precision)
     mean = cov @ design.T @ y / s2
-    np.testing.assert_allclose(result.q.mean, mean, rtol=1e-10)
-    np.testing.assert_allclose(result.q.covariance, cov, rtol=1e-10)
+    fitted_mean, fitted_cov = result.posterior  # in weight space
+    np.testing.assert_allclose(fitted_mean[0], mean, rtol=1e-10)
+    np.testing.assert_allclose(fitted_cov[0], cov, rtol=1e-10)
     evidence = scipy.stats.multivariate_normal(
         np.zeros(40), prior_var * design @ design.T + s2 * np.eye(40)
     ).logpdf(y)
@@ -418,15 +435,18 @@ def test_mean_field_linear_regression_reaches_the_mean_field_optimum():
     s2, prior_var = 0.25, 4.0
     y = design @ w_true + np.sqrt(s2) * rng.normal(size=40)
     model = ngvi.Model(
-        ngvi.GaussianPrior(jnp.zeros(3), prior_var), Gaussian(s2), design, y, diagonal=True
+        ngvi.GaussianPrior(jnp.zeros(3), prior_var), Gaussian(s2), design, y, family="mean-field"
     )
     result = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), num_steps=300, tol=1e-14, progress=False)
     assert result.converged
     precision = np.eye(3) / prior_var + design.T @ design / s2
+    mean, covariance = result.posterior  # weight space (the prior covariance is diagonal)
     np.testing.assert_allclose(
-        result.q.mean, np.linalg.solve(precision, design.T @ y / s2), rtol=1e-6
+        mean[0], np.linalg.solve(precision, design.T @ y / s2), rtol=1e-6
     )
-    np.testing.assert_allclose(result.q.precision, np.diag(precision), rtol=1e-10)
+    np.testing.assert_allclose(covariance[0], np.diag(1.0 / np.diag(precision)), rtol=1e-10)
+    # q holds the precisions of the whitened weights v = w / sqrt(prior_var)
+    np.testing.assert_allclose(result.q.precision[0], prior_var * np.diag(precision), rtol=1e-10)
 
 
 def logistic_problem():
@@ -473,22 +493,24 @@ def test_logistic_regression_matches_independent_dense_optimum():
     )
     assert abs(float(result.elbo) + solution.fun) < 1e-7
     m = solution.x[:3]
-    np.testing.assert_allclose(result.q.mean, m, atol=1e-4)
+    fitted_mean, fitted_cov = result.posterior  # in weight space
+    np.testing.assert_allclose(fitted_mean[0], m, atol=1e-4)
     # stationarity of the independent ELBO at ngvi's solution
-    L = np.linalg.cholesky(np.asarray(result.q.covariance))
+    L = np.linalg.cholesky(np.asarray(fitted_cov[0]))
     theta = np.concatenate(
-        [np.asarray(result.q.mean), np.where(tril[0] == tril[1], np.log(np.abs(L[tril])), L[tril])]
+        [np.asarray(fitted_mean[0]), np.where(tril[0] == tril[1], np.log(np.abs(L[tril])), L[tril])]
     )
     _, grad = value_and_grad(jnp.asarray(theta))
     assert np.linalg.norm(grad) < 1e-6
 
     # mean field runs, stays finite, and cannot beat the full-covariance optimum
     diagonal = ngvi.Model(
-        ngvi.GaussianPrior(jnp.zeros(3), prior_var), BernoulliLogit(), design, y, diagonal=True
+        ngvi.GaussianPrior(jnp.zeros(3), prior_var), BernoulliLogit(), design, y,
+        family="mean-field",
     )
     mf = ngvi.fit(diagonal, ngvi.NaturalGradient(lr=1.0), num_steps=50, progress=False)
     assert isinstance(mf.q, ngvi.DiagonalGaussianVariational)
     assert np.all(np.isfinite(np.asarray(mf.q.eta1))) and np.all(np.asarray(mf.q.precision) > 0)
     assert mf.converged
     assert float(mf.elbo) <= float(result.elbo) + 1e-9
-    np.testing.assert_allclose(mf.q.mean, result.q.mean, atol=0.3)
+    np.testing.assert_allclose(mf.posterior[0][0], fitted_mean[0], atol=0.3)

@@ -1,7 +1,8 @@
 """Structural facts behind the GP natural-gradient step's speed (no wall times asserted).
 
 - a whole `fit` traces the step once, and a second fit of the same shapes not at all;
-- the step's jaxpr has exactly one Cholesky and no `N x N x k` array;
+- the step's jaxpr has exactly one Cholesky, no `N x N` inverse (no triangular solve with `N`
+  right-hand sides, no general `N x N` solve) and no `N x N x k` array;
 - the variance route it uses (the triangular inverse of `chol(B)`) agrees with numpy
   inverses, including sites with `W_i = 0`, `1e-12`, `1e-300` and very large `W_i`;
 - float32 fits stay finite.
@@ -9,6 +10,7 @@
 
 from pathlib import Path
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,7 +18,7 @@ import pytest
 from helpers import tutorial_model
 
 import ngvi
-from ngvi.variational import _INVERSE_LEAF, _lower_inverse
+from ngvi.families.sites import _INVERSE_LEAF, _lower_inverse
 
 BANANA_LARGE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "banana_large.csv"
 
@@ -24,9 +26,9 @@ _TRACES = []
 
 
 class _CountingNaturalGradient(ngvi.NaturalGradient):
-    def step(self, model, q, state, step_count, key):
+    def step(self, model, q, state, batch, step_count, key):
         _TRACES.append(1)  # runs at trace time only
-        return super().step(model, q, state, step_count, key)
+        return super().step(model, q, state, batch, step_count, key)
 
 
 def _banana_model(n, jitter=1e-6):
@@ -65,25 +67,39 @@ def _all_equations(jaxpr):
                     yield from _all_equations(sub)
 
 
-def test_step_has_one_cholesky_and_no_n_by_n_by_k_array():
+def _step_equations(model, optimizer):
+    """Every equation (sub-jaxprs included) of one full-batch step from `optimizer.init`'s
+    state; the model is an argument, so its kernel matrix is computed inside the jaxpr."""
+    q, state = optimizer.init(model, model.init_variational(optimizer.form))
+
+    def step(model, q, state):
+        return optimizer.step(model, q, state, None, jnp.asarray(0), jax.random.PRNGKey(0))
+
+    closed = eqx.filter_make_jaxpr(step)(model, q, state)[0]
+    return list(_all_equations(closed.jaxpr))
+
+
+def test_step_has_one_cholesky_and_no_n_by_n_inverse_or_n_by_n_by_k_array():
     n = 2 * _INVERSE_LEAF + 44  # large enough to exercise the blocked inverse
     model = _banana_model(n)
-    q = model.init_variational()
-    optimizer = ngvi.NaturalGradient(lr=1.0)
-    closed = jax.make_jaxpr(
-        lambda q: optimizer.step(model, q, None, jnp.asarray(0), jax.random.PRNGKey(0))
-    )(q)
-    equations = list(_all_equations(closed.jaxpr))
+    equations = _step_equations(model, ngvi.NaturalGradient(lr=1.0))
     names = [eqn.primitive.name for eqn in equations]
     assert names.count("cholesky") == 1
+    assert "lu" not in names  # no general solve or inverse (jnp.linalg.inv / solve)
     shapes = [var.aval.shape for eqn in equations for var in eqn.outvars]
-    assert any(shape == (n, n) for shape in shapes)  # the check can see N x N arrays
+    assert any(shape[-2:] == (n, n) for shape in shapes)  # the check can see N x N arrays
+    # The family holds only its sites, so the step evaluates K(X, X) itself; the kernel's
+    # pairwise differences are N x N x d (d = 2 inputs), which is O(N^2 d), not an N x N x k
+    # array that grows with N or a batch. Nothing else of that size may appear.
+    d = model.X.shape[1]
     big = [shape for shape in shapes if len(shape) >= 3 and int(np.prod(shape)) > n * n]
-    assert not big, big
-    # no triangular solve with N right-hand sides (the old N^3 route to the variances)
-    for eqn in equations:
-        if eqn.primitive.name == "triangular_solve":
-            assert eqn.invars[1].aval.shape[-1] <= _INVERSE_LEAF
+    assert all(shape == (n, n, d) for shape in big), big
+    # no triangular solve with N right-hand sides (the old N^3 route to the variances, or an
+    # explicit inverse of chol(B) or chol(K))
+    solves = [eqn for eqn in equations if eqn.primitive.name == "triangular_solve"]
+    assert solves  # the blocked inverse's leaves are triangular solves
+    for eqn in solves:
+        assert eqn.invars[1].aval.shape[-1] <= _INVERSE_LEAF
 
 
 @pytest.mark.parametrize("n", [1, 5, _INVERSE_LEAF, _INVERSE_LEAF + 1, 301])
@@ -108,27 +124,37 @@ def _site_cases(n, rng):
     }
 
 
+def _gp_model(X, lengthscale, jitter, mean=0.0):
+    """A GP model whose prior covariance is `_se_kernel(X, lengthscale, jitter)`."""
+    kernel = ngvi.kernels.SquaredExponential(variance=1.0, lengthscale=lengthscale)
+    prior = ngvi.GPPrior(kernel, mean=mean, jitter=jitter)
+    y = (np.arange(X.shape[0]) % 2).astype(float)
+    return ngvi.Model(prior, ngvi.likelihoods.Probit(), X, y)
+
+
 @pytest.mark.parametrize("case", list(_site_cases(3, np.random.default_rng(0))))
 def test_factorise_variances_match_numpy_inverses(case):
     n = 2 * _INVERSE_LEAF + 17
     rng = np.random.default_rng(7)
     X = rng.uniform(-2.0, 2.0, size=(n, 2))
     K = _se_kernel(X, lengthscale=0.3, jitter=0.05)  # well conditioned: numpy truth is exact
+    model = _gp_model(X, lengthscale=0.3, jitter=0.05, mean=0.3)
     W = _site_cases(n, rng)[case]
     lam1 = rng.normal(size=n)
-    q = ngvi.SiteGaussianVariational(jnp.full(n, 0.3), jnp.asarray(K), jnp.asarray(lam1), -W / 2)
-    factors = q.factorise()
+    q = ngvi.SiteGaussianVariational(jnp.asarray(lam1)[None], jnp.asarray(-W / 2)[None])
+    factors = q.factorise(model)
+    assert factors.variance.shape == (1, n) and factors.kl.shape == (1,)
     # truth: Sigma = (K^-1 + W)^-1, mu = Sigma (K^-1 m0 + lam1), by plain numpy inverses
     K_inv = np.linalg.inv(K)
     Sigma = np.linalg.inv(K_inv + np.diag(W))
     mu = Sigma @ (K_inv @ np.full(n, 0.3) + lam1)
-    np.testing.assert_allclose(factors.variance, np.diag(Sigma), rtol=1e-9)
-    np.testing.assert_allclose(factors.mean, mu, rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(factors.variance[0], np.diag(Sigma), rtol=1e-9)
+    np.testing.assert_allclose(factors.mean[0], mu, rtol=1e-9, atol=1e-9)
     d = mu - 0.3
     _, logdet_k = np.linalg.slogdet(K)
     _, logdet_s = np.linalg.slogdet(Sigma)
     kl = 0.5 * (np.trace(K_inv @ Sigma) + d @ K_inv @ d - n + logdet_k - logdet_s)
-    np.testing.assert_allclose(factors.kl, kl, rtol=1e-8, atol=1e-8)
+    np.testing.assert_allclose(factors.kl[0], kl, rtol=1e-8, atol=1e-8)
 
 
 @pytest.mark.parametrize("dtype", [jnp.float64, jnp.float32])
@@ -138,28 +164,28 @@ def test_zero_sites_keep_the_blocked_inverse_clear_of_subnormals(dtype):
     # of them, and those products must stay normal numbers.
     n = 2 * _INVERSE_LEAF + 3
     X = np.random.default_rng(3).uniform(-1.0, 1.0, size=(n, 1))
-    K = jnp.asarray(_se_kernel(X, lengthscale=1.0, jitter=1e-3), dtype)
-    q = ngvi.SiteGaussianVariational(
-        jnp.zeros(n, dtype), K, jnp.zeros(n, dtype), jnp.zeros(n, dtype)
-    )
-    factors = q.factorise()
-    off_diagonal = np.abs(np.asarray(factors.cholesky_b)[np.tril_indices(n, -1)])
+    with jax.enable_x64(dtype == jnp.float64):
+        model = _gp_model(X, lengthscale=1.0, jitter=1e-3)
+        q = model.init_variational()  # zero sites: W = 0 everywhere
+        factors = q.factorise(model)
+    assert factors.cholesky_b.dtype == dtype
+    off_diagonal = np.abs(np.asarray(factors.cholesky_b)[0][np.tril_indices(n, -1)])
     tiny = np.finfo(np.dtype(dtype)).tiny
     assert np.min(off_diagonal) > 0
     assert float(np.min(off_diagonal)) ** 3 >= tiny
-    # and W = 0 everywhere is the prior: Sigma = K
-    np.testing.assert_allclose(factors.variance, np.diag(np.asarray(K)), rtol=1e-6)
+    # and W = 0 everywhere is the prior: Sigma = K, whose diagonal is 1 + jitter
+    np.testing.assert_allclose(factors.variance[0], np.full(n, 1.0 + 1e-3), rtol=1e-6)
 
 
 def test_float32_fits_stay_finite():
     with jax.enable_x64(False):
         # 1000 banana points at lengthscale 0.5 need float32-sized jitter (1e-6 is below
-        # float32 rounding of K, and `Model` rejects that K as not positive definite)
+        # float32 rounding of K, and `fit` refuses that K as not positive definite)
         for model in (tutorial_model(), _banana_model(1000, jitter=1e-4)):
             assert model.y.dtype == jnp.float32
             result = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), num_steps=15, progress=False)
             assert result.q.parameters[0].dtype == jnp.float32
-            factors = result.q.factorise()
+            factors = result.q.factorise(result.model)
             for array in (*result.q.parameters, factors.mean, factors.variance, result.elbo):
                 assert np.all(np.isfinite(np.asarray(array)))
             assert np.all(np.asarray(factors.variance) > 0)

@@ -1,4 +1,4 @@
-"""Optimizer strategies: interchangeable `init`/`step` modules for `ngvi.fit`."""
+"""Optimizer strategies: interchangeable `init`/`step`/`terminate` modules for `ngvi.fit`."""
 
 from .adam import Adam as Adam
 from .base import (

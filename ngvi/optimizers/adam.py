@@ -4,33 +4,28 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from ..models import GPModel, LinearModel
-from ..whitened import WhitenedGaussianVariational
-from .base import AbstractOptimizer, StepInfo, StepSize, step_size_at
+from .base import AbstractOptimizer, StepInfo, StepSize, check_step_size, step_size_at
 
 
 class Adam(AbstractOptimizer):
-    """Gradient ascent on the exact ELBO in whitened coordinates, with any optax optimizer.
+    """Gradient ascent on the ELBO in whitened coordinates, with any optax optimizer.
 
-    The family is `ngvi.WhitenedGaussianVariational`: `v = m0 + L0 u`, `q(u) = N(m, S S^T)`,
-    `L0 = chol(K)` for a GP (`v = f(X)`), `L0 = chol(S0)` for a linear model's weights. Each
-    step takes the Euclidean gradient of
+    The family is the model's in its moment form (`model.init_variational("moments")`,
+    a `WhitenedGaussianVariational`): `v ~ q(v) = N(m, S S^T)` over the model's whitened
+    coordinates (`f(X) = m0 + chol(K) v` for a dense GP, `w = m0 + L0 v` for a linear model,
+    `u = L_u v` for a sparse GP: the SVGP baseline). Each step takes the Euclidean gradient of
 
-        ELBO(m, S) = sum_i E_q[log p(y_i | f_i)] - KL(q(u) || N(0, I))
+        ELBO(m, S) = sum_i E_q[log p(y_i | f_i)] - KL(q(v) || N(0, I))
 
-    (Gauss-Hermite quadrature / closed forms, never Monte Carlo) and hands `-ELBO` to optax,
-    which minimises. No curvature: this is the baseline that shows what natural gradients buy
-    (many more steps, and a step size to tune).
+    (closed forms or Gauss-Hermite quadrature; on a minibatch the data term is scaled by
+    `N / B`) and hands `-ELBO` to optax, which minimises. No curvature: this is the baseline
+    that shows what natural gradients buy (many more steps, and a step size to tune).
 
     **Arguments:**
 
     - `lr`: learning rate of the default `optax.adam(lr)`; a float or an optax schedule.
     - `optimizer`: any `optax.GradientTransformation`, used instead of `optax.adam(lr)`.
       Reuse the same `Adam` instance to reuse its compiled fit loop.
-
-    `StepInfo`: `elbo` is the exact ELBO of the input `q`; `step_size` is `lr` at that step
-    (informational when `optimizer` is given); `num_backoffs` is `0`; `min_precision` is the
-    smallest marginal precision `1 / (S S^T)_ii` of `u` after the step.
 
     ```python
     result = ngvi.fit(model, ngvi.Adam(lr=0.05), num_steps=2000)
@@ -39,44 +34,26 @@ class Adam(AbstractOptimizer):
 
     lr: StepSize = 1e-2
     optimizer: optax.GradientTransformation | None = None
+    form = "moments"
 
     def __check_init__(self):
-        if not callable(self.lr) and not float(self.lr) > 0:
-            raise ValueError(f"`lr` must be positive, got {self.lr}.")
+        check_step_size(self.lr)
 
     @property
     def transformation(self) -> optax.GradientTransformation:
         """The optax transformation in use (`optimizer`, or `optax.adam(lr)`)."""
         return optax.adam(self.lr) if self.optimizer is None else self.optimizer
 
-    def init_variational(self, model):
-        if isinstance(model, GPModel):
-            prior_mean = model.prior.mean_vector(model.X)
-            prior_scale = model.prior_cholesky()
-        elif isinstance(model, LinearModel):
-            prior_mean, prior_scale = model.prior.mean, model.prior.cholesky()
-        else:
-            raise TypeError(f"Adam supports GPModel and LinearModel, not {type(model).__name__}.")
-        prior_mean = jnp.asarray(prior_mean, model.y.dtype)
-        return WhitenedGaussianVariational.at_prior(prior_mean, prior_scale.astype(model.y.dtype))
-
     def init(self, model, q):
-        if not isinstance(q, WhitenedGaussianVariational):
-            raise TypeError(
-                "Adam moves a WhitenedGaussianVariational; start from "
-                f"`Adam().init_variational(model)`, not a {type(q).__name__}."
-            )
-        return self.transformation.init(q.parameters)
+        return q, self.transformation.init(q.parameters)
 
-    def step(self, model, q, state, step_count, key):
+    def step(self, model, q, state, batch, step_count, key):
         def loss(parameters):
-            return -model.elbo(q.with_parameters(parameters))
+            return -model.elbo(q.with_parameters(parameters), batch)
 
         negative_elbo, grads = jax.value_and_grad(loss)(q.parameters)
         updates, state = self.transformation.update(grads, state, q.parameters)
         new_q = q.with_parameters(optax.apply_updates(q.parameters, updates))
-        scale = jnp.tril(new_q.whitened_scale)
-        min_precision = 1.0 / jnp.max(jnp.sum(scale**2, axis=1))
-        rho = step_size_at(self.lr, step_count).astype(negative_elbo.dtype)
-        info = StepInfo(-negative_elbo, rho, jnp.asarray(0), min_precision)
+        rho = jnp.maximum(step_size_at(self.lr, step_count).astype(negative_elbo.dtype), 0.0)
+        info = StepInfo(-negative_elbo, rho, jnp.asarray(0), new_q.min_precision(), rho)
         return new_q, state, info

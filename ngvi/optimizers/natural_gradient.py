@@ -1,96 +1,126 @@
-"""Natural-gradient VI with deterministic expectations (conjugate-computation VI)."""
+"""The shared natural-gradient step, and natural gradients with deterministic expectations."""
 
 import abc
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
-import numpy as np
+from jaxtyping import Array, Float
 
-from ..gaussian import likelihood_site
-from ..models import GPModel
-from ..variational import SiteGaussianVariational
-from .base import AbstractOptimizer, StepInfo, StepSize, step_size_at
-from .safeguards import backoff_update, min_precision_of, precision_of
+from ..families import AbstractVariational, Marginals, SiteStatistics
+from ..likelihoods.expectations import expected_statistics
+from .base import (
+    AbstractOptimizer,
+    StepInfo,
+    StepSize,
+    check_step_size,
+    default_step_size,
+    step_size_at,
+)
+from .safeguards import backoff_update
+
+
+class Retreat(eqx.Module):
+    """The state of the natural step: the point the last step moved from, its target, ELBO
+    and coordinate mean, and the trust factor that multiplies the step size."""
+
+    q: AbstractVariational
+    target: tuple[Array, Array]
+    elbo: Float[Array, ""]
+    mean: Array | None
+    trust: Float[Array, ""]
 
 
 class AbstractNaturalStep(AbstractOptimizer):
-    """The shared natural-gradient step; subclasses choose where `E_q[H]` comes from.
+    """The one natural-gradient step every curvature-based strategy shares:
 
-        site_target = (E_q[g] - E_q[H] mu,  1/2 E_q[H])
-        eta_new     = (1 - rho) eta + rho (eta_prior + site_target)
+        statistics  = E_q[log p], E_q[g], E_q[H] per point      (the curvature estimator)
+        target      = model.natural_target(q, ..., statistics, N / B)
+                    = eta_prior + (N / B) site(E_q[g] - E_q[H] mu, 1/2 E_q[H])
+        eta_new     = (1 - rho) eta + rho target                 (`ngvi.damped_natural_update`)
 
     followed by the safeguards of `ngvi.optimizers.safeguards` (backoff, PSD correction,
-    precision floor).
+    precision floor) and one more: *retreat*. If the ELBO of `q` is below that of the point the
+    previous step moved from by more than `decrease_tolerance * (1 + |ELBO|)`, the step is
+    taken again from that point with half the trust (the step size is `trust * rho`; full-batch
+    steps only, since a minibatch ELBO is a noisy estimate); each accepted step grows the trust
+    by a quarter, back towards 1. A natural-gradient step with a small enough step size
+    increases the ELBO, so this stops divergence (e.g. the mean-field rule on
+    strongly correlated posteriors) without changing the fixed point; `StepInfo` counts a
+    retreat as a backoff and reports the step size actually taken. Subclasses say only where
+    the statistics come from (`statistics`).
     """
 
-    lr: eqx.AbstractVar[StepSize]
+    lr: eqx.AbstractVar[StepSize | None]
     precision_floor: eqx.AbstractVar[float]
     psd_correction: eqx.AbstractVar[bool]
     max_backoffs: eqx.AbstractVar[int]
 
     def __check_init__(self):
-        if not callable(self.lr) and not float(self.lr) > 0:
-            raise ValueError(f"`lr` must be positive, got {self.lr}.")
-        if self.precision_floor < 0:
+        check_step_size(self.lr, upper=1.0)
+        if not self.precision_floor >= 0:
             raise ValueError(f"`precision_floor` must be >= 0, got {self.precision_floor}.")
         if self.max_backoffs < 0:
             raise ValueError(f"`max_backoffs` must be >= 0, got {self.max_backoffs}.")
 
     @abc.abstractmethod
-    def derivatives(self, likelihood, y, mean, variance):
-        """`(E_q[log p], E_q[g], E_q[H])` per data point at the marginals of `q`."""
+    def statistics(self, model, y, marginals: Marginals, key) -> SiteStatistics:
+        """`E_q[log p]`, `E_q[g]` and the curvature `E_q[H]` per point at the marginals."""
 
-    def init_variational(self, model):
-        q = model.init_variational()
-        if self.psd_correction and isinstance(q, SiteGaussianVariational):
-            # The correction needs W > 0: start each site as informative as the prior's
-            # marginal (W_i = 1 / K_ii), with lam1 = W m0 so that the mean stays m0.
-            site_precision = 1.0 / jnp.diagonal(q.prior_covariance)
-            site_precision = jnp.maximum(site_precision, self.precision_floor)
-            q = q.with_parameters((site_precision * q.prior_mean, -0.5 * site_precision))
-        return q
+    @property
+    def decrease_tolerance(self) -> float:
+        """The relative fall of the ELBO that makes a step retreat (see the class docstring)."""
+        return 1e-4
+
+    @property
+    def _needs_mean(self) -> bool:
+        return self.psd_correction or self.precision_floor > 0
 
     def init(self, model, q):
-        precision = precision_of(q)
-        if self.precision_floor > 0 and precision.ndim != 1:
+        if self.precision_floor > 0 and not q.diagonal_precision:
             raise ValueError(
-                "`precision_floor` applies to site and diagonal families; for a dense family "
-                "use backoff (the default) or `psd_correction=True`."
+                "`precision_floor` applies to site and diagonal families; for a full "
+                "precision matrix use backoff (the default) or `psd_correction=True`."
             )
-        if self.psd_correction and isinstance(q, SiteGaussianVariational):
-            try:
-                smallest = float(np.min(np.asarray(precision)))
-            except Exception:  # traced (e.g. under hyperparameter learning): cannot check here
-                smallest = np.inf
-            if not smallest > 0:
-                raise ValueError(
-                    "`psd_correction=True` needs every site precision W > 0 in the starting q; "
-                    "start from `strategy.init_variational(model)`."
-                )
-        return None
+        if self.psd_correction:
+            q = q.prepared_for_psd_correction(model)
+        dtype = q.parameters[0].dtype
+        mean = None
+        if self._needs_mean:
+            mean = q.coordinate_mean(model.latent_marginals_and_kl(q)[0])
+        state = Retreat(q, q.parameters, jnp.asarray(-jnp.inf, dtype), mean, jnp.ones((), dtype))
+        return q, state
 
-    def step(self, model, q, state, step_count, key):
-        mean, variance, kl = model.latent_marginals_and_kl(q)
-        expected, grad, hess = self.derivatives(model.likelihood, model.y, mean, variance)
-        elbo = jnp.sum(expected) - kl
-        lam1, lam2 = likelihood_site(mean, grad, hess)
-        target = model.natural_target(q, lam1, lam2)
-        rho = step_size_at(self.lr, step_count).astype(mean.dtype)
-        needs_mean = self.psd_correction or self.precision_floor > 0
-        precision_mean = None
-        if needs_mean:
-            precision_mean = mean if isinstance(model, GPModel) else q.mean
+    def step(self, model, q, state: Retreat, batch, step_count, key):
+        marginals, kl = model.latent_marginals_and_kl(q, batch)
+        statistics = self.statistics(model, model.targets(batch), marginals, key)
+        scale = model.batch_scale(batch)
+        elbo = scale * jnp.sum(statistics.log_prob) - kl
+        target = model.natural_target(q, batch, marginals, statistics, scale)
+        mean = q.coordinate_mean(marginals) if self._needs_mean else None
+        margin = self.decrease_tolerance * (1.0 + jnp.abs(state.elbo))
+        # A minibatch ELBO is a noisy estimate on a different batch each step: no retreat.
+        retreat = (elbo < state.elbo - margin) & (batch is None)
+        here = Retreat(q, target, elbo, mean, jnp.minimum(1.25 * state.trust, 1.0))
+        back = Retreat(state.q, state.target, state.elbo, state.mean, 0.5 * state.trust)
+        base = jax.tree.map(lambda a, b: jnp.where(retreat, a, b), back, here)
+        if self.lr is None:
+            scheduled = default_step_size(step_count, scale)
+        else:
+            scheduled = step_size_at(self.lr, step_count)
+        scheduled = jnp.maximum(scheduled.astype(marginals.mean.dtype), 0.0)
         new_q, accepted, num_backoffs = backoff_update(
-            q,
-            target,
-            precision_mean,
-            rho,
+            base.q,
+            base.target,
+            base.mean,
+            base.trust * scheduled,
             self.max_backoffs,
             psd_correction=self.psd_correction,
             precision_floor=self.precision_floor,
         )
-        info = StepInfo(elbo, accepted, num_backoffs, min_precision_of(new_q))
-        return new_q, state, info
+        num_backoffs = num_backoffs + retreat.astype(num_backoffs.dtype)
+        info = StepInfo(elbo, accepted, num_backoffs, new_q.min_precision(), scheduled)
+        return new_q, base, info
 
 
 class NaturalGradient(AbstractNaturalStep):
@@ -107,25 +137,26 @@ class NaturalGradient(AbstractNaturalStep):
 
     **Arguments:**
 
-    - `lr`: step size `rho` in `(0, 1]`, a float or an optax schedule `step -> rho`.
+    - `lr`: step size `rho` in `(0, 1]`, a float or an optax schedule `step -> rho`. The
+      default (`None`) is `1` for full-batch steps and `1 / (1 + t B / N)` for minibatches of
+      `B` of `N` points (`ngvi.optimizers.base.default_step_size`).
     - `precision_floor`: after the step, site (GP) or diagonal precisions are clamped
       `>= precision_floor` (default `0`: off). This moves the fixed point where it fires.
     - `psd_correction`: replace the precision update by the Riemannian correction
       `Lambda_new = Lambda - rho G + rho^2/2 G Lambda^-1 G`, `G = Lambda - Lambda_target`
       (Lin, Schmidt & Khan 2020), positive definite for any `rho`. For GP sites it acts
-      elementwise on `W` and needs `W > 0`, so `init_variational` starts the sites at
-      `W_i = 1 / K_ii`. Where the target is PD its fixed point is the plain one; where a
-      target site precision is negative the site settles at a positive `W`.
+      elementwise on `W` and needs `W > 0`, so `init` starts empty sites at `W_i = 1 / K_ii`.
+      Where the target is PD its fixed point is the plain one; where a target site precision
+      is negative the site settles at a positive `W`.
     - `max_backoffs`: always on: if the new precision is invalid (a negative site precision,
-      or a dense precision without a finite Cholesky factor) the step size is halved, up to
+      or a precision matrix without a finite Cholesky factor) the step size is halved, up to
       `max_backoffs` times; if none is valid, `q` is kept and the accepted step size is `0`.
-      `StepInfo` reports the accepted step size and the number of halvings.
     """
 
-    lr: StepSize = 1.0
+    lr: StepSize | None = None
     precision_floor: float = 0.0
     psd_correction: bool = eqx.field(default=False, static=True)
     max_backoffs: int = eqx.field(default=10, static=True)
 
-    def derivatives(self, likelihood, y, mean, variance):
-        return likelihood.expected_derivatives(y, mean, variance)
+    def statistics(self, model, y, marginals, key):
+        return expected_statistics(model.likelihood, y, marginals)

@@ -12,13 +12,14 @@ row, with its split, the predictive and the latent mean and variance) and `plot.
 """
 
 import argparse
-import csv
 import json
-import math
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from .data import UsageError, read_csv, split
+from .report import metrics, poisson_log_predictive, report, write_predictions
 
 OPTIMIZERS = {
     "natgrad": "NaturalGradient",
@@ -32,10 +33,6 @@ LIKELIHOODS = {
     "poisson": "Poisson",
     "gaussian": "Gaussian",
 }
-
-
-class UsageError(ValueError):
-    """Bad input from the user: reported as one line on stderr with exit code 2."""
 
 
 def add_fit_parser(commands) -> None:
@@ -78,81 +75,6 @@ def add_fit_parser(commands) -> None:
     parser.set_defaults(run=run_fit)
 
 
-# ---------------------------------------------------------------------------------------------
-# Reading and splitting data
-
-
-def read_csv(path: str, target: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str]:
-    """`(X, y, feature_names, target_name)` from a CSV with a header row."""
-    try:
-        with open(path, newline="") as handle:
-            rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
-    except OSError as error:
-        raise UsageError(f"cannot read {path!r}: {error.strerror or error}") from None
-    if len(rows) < 2:
-        raise UsageError(f"{path!r} needs a header row and at least one data row.")
-    header, body = [name.strip() for name in rows[0]], rows[1:]
-    for number, row in enumerate(body, start=2):
-        if len(row) != len(header):
-            raise UsageError(
-                f"{path!r} line {number} has {len(row)} fields but the header has {len(header)}."
-            )
-    target = header[-1] if target is None else target
-    if target not in header:
-        raise UsageError(f"no column {target!r} in {path!r}; the columns are {', '.join(header)}.")
-    columns = {name: [row[j].strip() for row in body] for j, name in enumerate(header)}
-    y = _numeric_column(columns[target], target, strict=True)
-    features, names = [], []
-    for name in header:
-        if name == target:
-            continue
-        values = _numeric_column(columns[name], name, strict=False)
-        if values is not None:
-            features.append(values)
-            names.append(name)
-    if not features:
-        raise UsageError(f"{path!r} has no numeric feature columns besides {target!r}.")
-    return np.stack(features, axis=1), y, names, target
-
-
-def _numeric_column(values: list[str], name: str, strict: bool) -> np.ndarray | None:
-    """Parse a column; `None` for a text column (no numbers at all) unless `strict`."""
-    parsed, bad = [], None
-    for row, value in enumerate(values):
-        try:
-            number = float(value)
-        except ValueError:
-            number = math.nan
-            bad = (row, value) if bad is None else bad
-        else:
-            if not math.isfinite(number):
-                bad = (row, value) if bad is None else bad
-        parsed.append(number)
-    if bad is None:
-        return np.asarray(parsed)
-    if not strict and all(math.isnan(number) for number in parsed):
-        return None  # a text column: not a feature
-    row, value = bad
-    raise UsageError(
-        f"column {name!r} has a non-numeric or non-finite value {value!r} in data row {row + 1}."
-    )
-
-
-def split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Random train/test indices; at least one point on each side."""
-    if not 0.0 < test_fraction < 1.0:
-        raise UsageError(f"--test-fraction must be in (0, 1), got {test_fraction}.")
-    if n < 2:
-        raise UsageError(f"need at least 2 rows to hold out a test split, got {n}.")
-    order = np.random.default_rng(seed).permutation(n)
-    num_test = min(max(1, round(test_fraction * n)), n - 1)
-    return np.sort(order[num_test:]), np.sort(order[:num_test])
-
-
-# ---------------------------------------------------------------------------------------------
-# Fitting and metrics
-
-
 def _component(name: str, kind: str):
     import ngvi
 
@@ -184,31 +106,6 @@ def _build(args, X_train, y_train):
     prior = ngvi.GPPrior(kernel, mean=prior_mean, jitter=1e-6)
     model = ngvi.Model(prior, likelihood, X_train, (y_train - y_shift) / y_scale)
     return model, y_shift, y_scale
-
-
-def _poisson_log_predictive(y, mean, variance, num_points=40):
-    """`log int Poisson(y | exp f) N(f | m, v) df` by Gauss-Hermite quadrature (probabilists')."""
-    from scipy.special import gammaln, logsumexp
-
-    nodes, weights = np.polynomial.hermite_e.hermegauss(num_points)
-    f = mean[:, None] + np.sqrt(variance)[:, None] * nodes[None, :]
-    log_p = y[:, None] * f - np.exp(f) - gammaln(y + 1.0)[:, None]
-    return logsumexp(log_p + np.log(weights / weights.sum())[None, :], axis=1)
-
-
-def metrics(likelihood: str, y, mean, variance) -> dict[str, float]:
-    """Held-out metrics from predictive means/variances of `y*` (probabilities for classes)."""
-    if likelihood in ("probit", "logit"):
-        p = np.clip(mean, 1e-12, 1.0 - 1e-12)
-        log_p = np.where(y > 0.5, np.log(p), np.log1p(-p))
-        return {
-            "accuracy": float(np.mean((mean > 0.5) == (y > 0.5))),
-            "nlpd": float(-np.mean(log_p)),
-        }
-    if likelihood == "gaussian":
-        nlpd = 0.5 * (np.log(2 * np.pi * variance) + (y - mean) ** 2 / variance)
-        return {"rmse": float(np.sqrt(np.mean((y - mean) ** 2))), "nlpd": float(np.mean(nlpd))}
-    raise AssertionError(likelihood)
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -301,14 +198,14 @@ def _fit_and_report(args, p: dict) -> int:
 
     mean, variance, (latent_mean, latent_variance) = predict(X)
     if args.likelihood == "poisson":
-        log_pred = _poisson_log_predictive(labels[test], latent_mean[test], latent_variance[test])
+        log_pred = poisson_log_predictive(labels[test], latent_mean[test], latent_variance[test])
         scores = {
             "nlpd": float(-np.mean(log_pred)),
             "rate_rmse": float(np.sqrt(np.mean((mean[test] - labels[test]) ** 2))),
         }
     else:
         scores = metrics(args.likelihood, labels[test], mean[test], variance[test])
-    _report(result, p["names"], scores)
+    report(result, p["names"], scores)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "predictions.csv"
@@ -318,7 +215,7 @@ def _fit_and_report(args, p: dict) -> int:
         "latent_mean": latent_mean,
         "latent_variance": latent_variance,
     }
-    _write_predictions(path, X, labels, p["names"], p["target"], test, columns)
+    write_predictions(path, X, labels, p["names"], p["target"], test, columns)
     print(f"  wrote {path}")
     summary = {
         "likelihood": args.likelihood,
@@ -332,7 +229,7 @@ def _fit_and_report(args, p: dict) -> int:
     }
     (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
     if not args.no_plot:
-        from .cli_plot import plot
+        from .plot import plot
 
         path = plot(
             out / "plot.png",
@@ -350,33 +247,3 @@ def _fit_and_report(args, p: dict) -> int:
         print(f"ngvi fit: warning: {result.message}", file=sys.stderr)
         return 1
     return 0
-
-
-def _report(result, names, scores) -> None:
-    model = result.model
-    print(f"  {result.num_steps} steps, {result.message}; final ELBO {float(result.elbo):.6g}")
-    kernel = getattr(model.prior, "kernel", None)
-    if kernel is not None:
-        scales = np.atleast_1d(np.asarray(kernel.lengthscale))
-        pairs = ", ".join(
-            f"{n}={s:.3g}" for n, s in zip(names, np.broadcast_to(scales, len(names)), strict=True)
-        )
-        print(
-            f"  kernel variance {float(kernel.variance):.4g}; lengthscales (standardised) {pairs}"
-        )
-    if hasattr(model.likelihood, "variance"):
-        print(f"  noise variance (standardised target) {float(model.likelihood.variance):.4g}")
-    print("  held-out: " + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()))
-
-
-def _write_predictions(path, X, labels, names, target, test, columns: dict) -> None:
-    is_test = np.zeros(len(labels), dtype=bool)
-    is_test[test] = True
-    with open(path, "w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow([*names, target, "split", *columns])
-        for i in range(len(labels)):
-            values = [*X[i], labels[i]]
-            extra = [f"{column[i]:.12g}" for column in columns.values()]
-            split_name = "test" if is_test[i] else "train"
-            writer.writerow([*(f"{v:.12g}" for v in values), split_name, *extra])

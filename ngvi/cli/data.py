@@ -1,0 +1,80 @@
+"""Reading a CSV with a header row into features and a target, and splitting it."""
+
+import csv
+import math
+
+import numpy as np
+
+
+class UsageError(ValueError):
+    """Bad input from the user: reported as one line on stderr with exit code 2."""
+
+
+def read_csv(path: str, target: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str]:
+    """`(X, y, feature_names, target_name)` from a CSV with a header row."""
+    try:
+        with open(path, newline="") as handle:
+            rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+    except OSError as error:
+        raise UsageError(f"cannot read {path!r}: {error.strerror or error}") from None
+    if len(rows) < 2:
+        raise UsageError(f"{path!r} needs a header row and at least one data row.")
+    header, body = [name.strip() for name in rows[0]], rows[1:]
+    for number, row in enumerate(body, start=2):
+        if len(row) != len(header):
+            raise UsageError(
+                f"{path!r} line {number} has {len(row)} fields but the header has {len(header)}."
+            )
+    target = header[-1] if target is None else target
+    if target not in header:
+        raise UsageError(f"no column {target!r} in {path!r}; the columns are {', '.join(header)}.")
+    columns = {name: [row[j].strip() for row in body] for j, name in enumerate(header)}
+    y = _numeric_column(columns[target], target, strict=True)
+    features, names = [], []
+    for name in header:
+        if name == target:
+            continue
+        values = _numeric_column(columns[name], name, strict=False)
+        if values is not None:
+            features.append(values)
+            names.append(name)
+    if not features:
+        raise UsageError(f"{path!r} has no numeric feature columns besides {target!r}.")
+    return np.stack(features, axis=1), y, names, target
+
+
+def _numeric_column(values: list[str], name: str, strict: bool) -> np.ndarray | None:
+    """Parse a column; `None` for a text column (no numbers at all) unless `strict`."""
+    parsed, bad = [], None
+    for row, value in enumerate(values):
+        try:
+            number = float(value)
+        except ValueError:
+            number = math.nan
+            bad = (row, value) if bad is None else bad
+        else:
+            if not math.isfinite(number):
+                bad = (row, value) if bad is None else bad
+        parsed.append(number)
+    if bad is None:
+        return np.asarray(parsed)
+    if not strict and all(math.isnan(number) for number in parsed):
+        return None  # a text column: not a feature
+    row, value = bad
+    raise UsageError(
+        f"column {name!r} has a non-numeric or non-finite value {value!r} in data row {row + 1}."
+    )
+
+
+def split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Random train/test indices; at least one point on each side."""
+    if not 0.0 < test_fraction < 1.0:
+        raise UsageError(f"--test-fraction must be in (0, 1), got {test_fraction}.")
+    if n < 2:
+        raise UsageError(f"need at least 2 rows to hold out a test split, got {n}.")
+    order = np.random.default_rng(seed).permutation(n)
+    num_test = min(max(1, round(test_fraction * n)), n - 1)
+    return np.sort(order[num_test:]), np.sort(order[:num_test])
+
+
+# Fitting and metrics

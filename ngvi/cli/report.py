@@ -1,0 +1,60 @@
+"""Held-out metrics, the printed summary and the predictions file of `ngvi fit`."""
+
+import csv
+
+import numpy as np
+
+
+def poisson_log_predictive(y, mean, variance, num_points=40):
+    """`log int Poisson(y | exp f) N(f | m, v) df` by Gauss-Hermite quadrature (probabilists')."""
+    from scipy.special import gammaln, logsumexp
+
+    nodes, weights = np.polynomial.hermite_e.hermegauss(num_points)
+    f = mean[:, None] + np.sqrt(variance)[:, None] * nodes[None, :]
+    log_p = y[:, None] * f - np.exp(f) - gammaln(y + 1.0)[:, None]
+    return logsumexp(log_p + np.log(weights / weights.sum())[None, :], axis=1)
+
+
+def metrics(likelihood: str, y, mean, variance) -> dict[str, float]:
+    """Held-out metrics from predictive means/variances of `y*` (probabilities for classes)."""
+    if likelihood in ("probit", "logit"):
+        p = np.clip(mean, 1e-12, 1.0 - 1e-12)
+        log_p = np.where(y > 0.5, np.log(p), np.log1p(-p))
+        return {
+            "accuracy": float(np.mean((mean > 0.5) == (y > 0.5))),
+            "nlpd": float(-np.mean(log_p)),
+        }
+    if likelihood == "gaussian":
+        nlpd = 0.5 * (np.log(2 * np.pi * variance) + (y - mean) ** 2 / variance)
+        return {"rmse": float(np.sqrt(np.mean((y - mean) ** 2))), "nlpd": float(np.mean(nlpd))}
+    raise AssertionError(likelihood)
+
+
+def report(result, names, scores) -> None:
+    model = result.model
+    print(f"  {result.num_steps} steps, {result.message}; final ELBO {float(result.elbo):.6g}")
+    kernel = getattr(model.prior, "kernel", None)
+    if kernel is not None:
+        scales = np.atleast_1d(np.asarray(kernel.lengthscale))
+        pairs = ", ".join(
+            f"{n}={s:.3g}" for n, s in zip(names, np.broadcast_to(scales, len(names)), strict=True)
+        )
+        print(
+            f"  kernel variance {float(kernel.variance):.4g}; lengthscales (standardised) {pairs}"
+        )
+    if hasattr(model.likelihood, "variance"):
+        print(f"  noise variance (standardised target) {float(model.likelihood.variance):.4g}")
+    print("  held-out: " + ", ".join(f"{name} {value:.4f}" for name, value in scores.items()))
+
+
+def write_predictions(path, X, labels, names, target, test, columns: dict) -> None:
+    is_test = np.zeros(len(labels), dtype=bool)
+    is_test[test] = True
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow([*names, target, "split", *columns])
+        for i in range(len(labels)):
+            values = [*X[i], labels[i]]
+            extra = [f"{column[i]:.12g}" for column in columns.values()]
+            split_name = "test" if is_test[i] else "train"
+            writer.writerow([*(f"{v:.12g}" for v in values), split_name, *extra])

@@ -1,0 +1,197 @@
+"""The dense GP posterior as prior plus diagonal likelihood sites (never `K^-1`)."""
+
+from typing import ClassVar, NamedTuple
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jaxtyping import Array, Float
+
+from ..gaussian import likelihood_site
+from .base import AbstractVariational, Marginals
+
+_INVERSE_LEAF = 128
+
+
+class SiteView(eqx.Module):
+    """What the site family needs from a dense GP model: the prior `N(mean, covariance)` of
+    `f(X)` at the training inputs (`covariance = K(X, X) + jitter I`)."""
+
+    mean: Float[Array, " N"]
+    covariance: Float[Array, "N N"]
+
+
+class SitePredictionView(eqx.Module):
+    """The prior at new inputs: `K(X, X_new)`, the prior means and variances at `X_new`."""
+
+    cross_covariance: Float[Array, "N M"]
+    mean: Float[Array, " M"]
+    variance: Float[Array, " M"]
+
+
+class SiteFactors(NamedTuple):
+    """Everything one Cholesky of `B = I + W^1/2 K W^1/2` gives about a site posterior."""
+
+    cholesky_b: Array  # L, lower factor of B
+    sqrt_w: Array  # W^1/2
+    weights: Array  # a, with mu = m0 + K a
+    mean: Array  # mu_i
+    variance: Array  # Sigma_ii
+    kl: Array  # KL(q || p)
+
+
+def _lower_inverse(factor: Float[Array, "n n"]) -> Float[Array, "n n"]:
+    """`L^-1` for lower-triangular `L` by recursive 2 x 2 blocking (Du Croz & Higham 1992):
+
+        [[A, 0], [M, D]]^-1 = [[A^-1, 0], [-D^-1 M A^-1, D^-1]]
+
+    All `O(n^3)` work is in matrix products; blocks of at most `_INVERSE_LEAF` rows use a
+    triangular solve against the identity.
+    """
+    n = factor.shape[0]
+    if n <= _INVERSE_LEAF:
+        return jsl.solve_triangular(factor, jnp.eye(n, dtype=factor.dtype), lower=True)
+    half = n // 2
+    upper = _lower_inverse(factor[:half, :half])
+    lower = _lower_inverse(factor[half:, half:])
+    corner = -(lower @ (factor[half:, :half] @ upper))
+    zeros = jnp.zeros((half, n - half), factor.dtype)
+    return jnp.block([[upper, zeros], [corner, lower]])
+
+
+def factorise(
+    kernel: Float[Array, "N N"],
+    prior_mean: Float[Array, " N"],
+    lam1: Float[Array, " N"],
+    lam2: Float[Array, " N"],
+) -> SiteFactors:
+    """Marginals and KL of the site posterior from one Cholesky of `B`.
+
+    With `W = -2 lam2`, `B = I + W^1/2 K W^1/2 = L L^T` (eigenvalues >= 1), `C = L^-1` and
+    `W^1/2 Sigma W^1/2 = I - B^-1 = I - C^T C`:
+
+        mu    = m0 + K a,     a = lam1 - W^1/2 B^-1 W^1/2 (m0 + K lam1)
+        W_i Sigma_ii = d_i / (1 + d_i) - sum_{k > i} C_ki^2,   d_i = L_ii^2 - 1
+        KL    = 1/2 [ a^T K a - sum_i W_i Sigma_ii ] + sum_i log L_ii
+
+    Every term of `W_i Sigma_ii` is proportional to `W_i` and none is formed by subtracting
+    from 1, so dividing by `W_i` keeps full relative accuracy for tiny `W_i`. `W` is floored at
+    `finfo.tiny^(1/4)` (it moves `Sigma` below rounding) so that `W_i = 0` needs no special
+    case and products of site factors stay normal numbers (subnormals are ~30x slower on CPU).
+    The inverse `C` comes from recursive blocking (matrix products; see `_lower_inverse`).
+    """
+    dtype = kernel.dtype
+    site_precision = jnp.maximum(-2.0 * lam2, jnp.finfo(dtype).tiny ** 0.25)
+    sqrt_w = jnp.sqrt(site_precision)
+    scaled = sqrt_w[:, None] * kernel * sqrt_w[None, :]
+    cholesky_b = jnp.linalg.cholesky(jnp.eye(kernel.shape[0], dtype=dtype) + scaled)
+    rhs = sqrt_w * (prior_mean + kernel @ lam1)
+    weights = lam1 - sqrt_w * jsl.cho_solve((cholesky_b, True), rhs)
+    projected = kernel @ weights
+    below = jnp.sum(jnp.tril(cholesky_b, -1) ** 2, axis=1)
+    excess = site_precision * jnp.diagonal(kernel) - below  # d_i = L_ii^2 - 1
+    # Reducing the squares of the assembled inverse (not of a fused product) keeps XLA on its
+    # fast matrix-multiply path (measured 30x faster at n = 4000 on CPU).
+    strictly_below = jnp.sum(jnp.tril(_lower_inverse(cholesky_b), -1) ** 2, axis=0)
+    scaled_variance = excess / (1.0 + excess) - strictly_below
+    variance = jnp.maximum(scaled_variance / site_precision, 0.0)
+    half_log_det_b = jnp.sum(jnp.log(jnp.diagonal(cholesky_b)))
+    kl = 0.5 * (weights @ projected - jnp.sum(scaled_variance)) + half_log_det_b
+    return SiteFactors(cholesky_b, sqrt_w, weights, prior_mean + projected, variance, kl)
+
+
+def _factorise_latents(view: SiteView, lam1, lam2) -> SiteFactors:
+    return jax.vmap(factorise, in_axes=(None, None, 0, 0))(view.covariance, view.mean, lam1, lam2)
+
+
+class SiteGaussianVariational(AbstractVariational):
+    """A dense GP posterior as prior times diagonal sites (Rasmussen & Williams, sec. 3.4):
+
+        eta1 = K^-1 m0 + lam1,        eta2 = -1/2 K^-1 + diag(lam2),    W = -2 lam2 >= 0
+
+    **Fields:** `lam1`, `lam2`, both `(C, N)`: one site per latent function and training point.
+    The prior `N(m0, K)` comes from the model (`model.site_view()`), so the same sites under a
+    new kernel give that kernel's posterior. Evaluated through `B = I + W^1/2 K W^1/2` (see
+    `factorise`); `K^-1` is never formed. Sites must keep `W >= 0`; the strategies' safeguards
+    do.
+    """
+
+    lam1: Float[Array, "C N"]
+    lam2: Float[Array, "C N"]
+    diagonal_precision: ClassVar[bool] = True
+
+    @classmethod
+    def at_prior(cls, num_latent: int, num_points: int, dtype) -> "SiteGaussianVariational":
+        """Zero sites: `q` equals the prior."""
+        zeros = jnp.zeros((num_latent, num_points), dtype)
+        return cls(zeros, zeros)
+
+    @property
+    def parameters(self):
+        return self.lam1, self.lam2
+
+    def with_parameters(self, parameters):
+        return SiteGaussianVariational(*parameters)
+
+    @property
+    def site_precision(self) -> Float[Array, "C N"]:
+        """`W = -2 lam2`, the sites' precisions."""
+        return -2.0 * self.lam2
+
+    def factorise(self, model) -> SiteFactors:
+        """`factorise` for every latent function under `model`'s prior (leading axis `C`)."""
+        return _factorise_latents(model.site_view(None), self.lam1, self.lam2)
+
+    def marginals_and_kl(self, model, batch):
+        factors = _factorise_latents(model.site_view(batch), self.lam1, self.lam2)
+        return Marginals(factors.mean.T, factors.variance.T), jnp.sum(factors.kl)
+
+    def predict(self, model, X_new):
+        """`E[f*] = m0(x*) + k*^T a`, `Var[f*] = k** - ||L^-1 W^1/2 k*||^2` per latent."""
+        view, new = model.site_view(None), model.site_prediction_view(X_new)
+
+        def one(lam1, lam2):
+            factors = factorise(view.covariance, view.mean, lam1, lam2)
+            mean = new.mean + new.cross_covariance.T @ factors.weights
+            scaled = factors.sqrt_w[:, None] * new.cross_covariance
+            v = jsl.solve_triangular(factors.cholesky_b, scaled, lower=True)
+            return mean, jnp.maximum(new.variance - jnp.sum(v**2, axis=0), 0.0)
+
+        mean, variance = jax.vmap(one)(self.lam1, self.lam2)
+        return Marginals(mean.T, variance.T)
+
+    def posterior(self, model):
+        """`Sigma = K - V^T V`, `V = L^-1 W^1/2 K`."""
+        view = model.site_view(None)
+
+        def one(lam1, lam2):
+            factors = factorise(view.covariance, view.mean, lam1, lam2)
+            scaled = factors.sqrt_w[:, None] * view.covariance
+            v = jsl.solve_triangular(factors.cholesky_b, scaled, lower=True)
+            covariance = view.covariance - v.T @ v
+            return factors.mean, 0.5 * (covariance + covariance.T)
+
+        return jax.vmap(one)(self.lam1, self.lam2)
+
+    def natural_target(self, model, batch, marginals, statistics, scale):
+        """The sites `(E[g] - E[H] mu, 1/2 E[H])` themselves (the prior is implicit)."""
+        lam1, lam2 = likelihood_site(marginals.mean, statistics.grad, statistics.hess)
+        return lam1.T * scale, lam2.T * scale
+
+    def coordinate_mean(self, marginals):
+        return marginals.mean.T
+
+    def precision_is_valid(self):
+        finite = jnp.all(jnp.isfinite(self.lam1)) & jnp.all(jnp.isfinite(self.lam2))
+        return finite & jnp.all(self.site_precision >= 0)
+
+    def prepared_for_psd_correction(self, model):
+        """Sites with `W_i <= 0` start as informative as the prior's marginal, `W_i = 1/K_ii`,
+        with `lam1_i` shifted by `W_i m0_i` (so a `q` at the prior keeps its mean)."""
+        view = model.site_view(None)
+        start = 1.0 / jnp.diagonal(view.covariance)
+        empty = self.site_precision <= 0
+        lam1 = jnp.where(empty, self.lam1 + (start * view.mean)[None, :], self.lam1)
+        lam2 = jnp.where(empty, -0.5 * start[None, :], self.lam2)
+        return SiteGaussianVariational(lam1, lam2)

@@ -1,0 +1,64 @@
+"""Families over whitened coordinates `v ~ N(0, I)`: the shared algebra.
+
+A model maps `v` to its latent through a view (`model.whitened_view(batch)`; see
+`ngvi.families.views`). A family over `v` needs only three things per latent function: its mean,
+a root of its covariance applied to `A^T`, and `KL(q(v) || N(0, I))`; this base class turns
+them into marginals, predictions and the posterior in the model's coordinates.
+"""
+
+import abc
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .base import AbstractVariational, Marginals
+
+
+class AbstractWhitenedVariational(AbstractVariational):
+    """A Gaussian over the whitened coordinates of a model, one per latent function."""
+
+    @abc.abstractmethod
+    def _mean(self) -> Float[Array, " D"]:
+        """The mean of `v` (one latent function: no leading axis)."""
+
+    @abc.abstractmethod
+    def _root_t(self, design_t: Float[Array, "D B"]) -> Float[Array, "K B"]:
+        """`R` with `R^T R = A Sigma A^T` for `design_t = A^T` (one latent function)."""
+
+    @abc.abstractmethod
+    def _kl(self) -> Float[Array, ""]:
+        """`KL(q(v) || N(0, I))` (one latent function)."""
+
+    def project(self, view) -> Marginals:
+        """Marginals `(B, C)` of the latent described by `view`."""
+
+        def one(q):
+            return view.project(q._mean(), q._root_t(view.design.T))
+
+        mean, variance = eqx.filter_vmap(one)(self)
+        return Marginals(view.to_points(mean), view.to_points(variance))
+
+    def kl_to_prior(self) -> Float[Array, ""]:
+        """`sum_c KL(q(v_c) || N(0, I))`, which equals the KL in the model's coordinates."""
+        return jnp.sum(eqx.filter_vmap(lambda q: q._kl())(self))
+
+    def marginals_and_kl(self, model, batch):
+        return model.whitened_marginals(self, batch), self.kl_to_prior()
+
+    def predict(self, model, X_new):
+        return model.whitened_marginals_at(self, X_new)
+
+    def posterior(self, model):
+        """`(o + L m, L Sigma L^T)` for the model's `(o, L)` = `model.latent_coordinates()`."""
+        offset, scale = model.latent_coordinates()
+
+        def one(q):
+            root = q._root_t(scale.T)
+            covariance = root.T @ root
+            return offset + scale @ q._mean(), 0.5 * (covariance + covariance.T)
+
+        return eqx.filter_vmap(one)(self)
+
+    def coordinate_mean(self, marginals):
+        return eqx.filter_vmap(lambda q: q._mean())(self)

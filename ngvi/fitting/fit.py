@@ -1,0 +1,210 @@
+"""`fit`: the one entry point that runs any strategy on any model."""
+
+import time
+import warnings
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import PRNGKeyArray
+from tqdm.auto import tqdm
+
+from ..families import AbstractVariational
+from ..hyperparameters import LearnHyperparameters, has_learnable
+from ..models import AbstractModel
+from ..optimizers.base import AbstractOptimizer, StepInfo
+from .batches import Minibatches
+from .diagnosis import describe_failure
+from .loop import Carry, Loop, run_chunk
+from .outcome import FitOutcome
+from .result import FitResult
+
+
+def fit(
+    model: AbstractModel,
+    optimizer: AbstractOptimizer,
+    num_steps: int = 100,
+    *,
+    q: AbstractVariational | None = None,
+    key: PRNGKeyArray | None = None,
+    tol: float = 1e-9,
+    batch_size: int | None = None,
+    learn: LearnHyperparameters | None = None,
+    progress: bool = True,
+    throw: bool = True,
+) -> FitResult:
+    """Fit the variational posterior of `model` with an optimizer strategy.
+
+    Runs `optimizer.step` on batches of the model's data (all of it by default) until the
+    strategy's `terminate` says it has converged (the ELBO changed by at most
+    `tol * (1 + |ELBO|)` per unit step size over its last steps), stalled, or its schedule
+    ended, or `num_steps` steps have run. A step that produces NaN/inf ends the fit with
+    `FitOutcome.failed` and the last finite posterior.
+
+    With `learn`, each step is followed by one optax step on the model's hyperparameters
+    `theta`, maximising `ELBO(theta, q)` with `q`'s parameters held fixed (see
+    `ngvi.LearnHyperparameters`).
+
+    **Arguments:**
+
+    - `model`: a model (`ngvi.Model`, `ngvi.ParametricModel`, ...).
+    - `optimizer`: any strategy (`NaturalGradient`, `Adam`, `BLR`, `GaussNewton`, ...).
+    - `num_steps`: the step budget (a non-negative integer).
+    - `q`: starting posterior; defaults to `model.init_variational(optimizer.form)`.
+    - `key`: PRNG key for minibatches and stochastic strategies (default `PRNGKey(0)`).
+    - `tol`: relative ELBO tolerance for convergence (`0` disables early stopping).
+    - `batch_size`: draw batches of this many points (scaled by `N / B`); `None`: all data.
+    - `learn`: a `LearnHyperparameters`, or `None` to keep the hyperparameters fixed.
+    - `progress`: show a progress bar (it appears once a fit has run for three seconds).
+    - `throw`: raise `RuntimeError` if the fit failed (NaN/inf) instead of returning.
+
+    **Returns:** a `FitResult`; `result.model` carries the learned hyperparameters.
+
+    **Raises:** `ValueError` for bad arguments and for a starting ELBO that is not finite,
+    naming the data points or the prior responsible.
+
+    ```python
+    result = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), num_steps=20)
+    result.elbo, result.history.elbo, result.outcome
+    ```
+    """
+    _check_arguments(model, optimizer, num_steps, tol, batch_size, learn)
+    num_steps = int(num_steps)
+    q = model.init_variational(optimizer.form) if q is None else _checked_q(model, optimizer, q)
+    q, state = optimizer.init(model, q)
+    prior_problem = model.diagnose(q)  # a family may give a finite ELBO under an invalid prior
+    if prior_problem:
+        raise ValueError(prior_problem)
+    initial_elbo = _elbo(model, q)
+    if not bool(jnp.isfinite(initial_elbo)):
+        raise ValueError(
+            f"The starting ELBO is {float(initial_elbo)}. " + describe_failure(model, q)
+        )
+    loop, carry = _start(model, optimizer, q, state, num_steps, key, batch_size, learn)
+    carry = _run(loop, carry, num_steps, jnp.asarray(tol, model.dtype), progress)
+    return _finish(loop, carry, initial_elbo, throw)
+
+
+def _check_arguments(model, optimizer, num_steps, tol, batch_size, learn) -> None:
+    if not isinstance(model, AbstractModel):
+        raise TypeError(f"`model` must be an ngvi model, got {type(model).__name__}.")
+    if not isinstance(optimizer, AbstractOptimizer):
+        raise TypeError(f"`optimizer` must be an ngvi strategy, got {type(optimizer).__name__}.")
+    if isinstance(num_steps, bool) or not float(num_steps).is_integer() or num_steps < 0:
+        raise ValueError(f"`num_steps` must be a non-negative integer, got {num_steps!r}.")
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"`tol` must be a finite number >= 0, got {tol!r}.")
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not float(batch_size).is_integer():
+            raise ValueError(f"`batch_size` must be an integer, got {batch_size!r}.")
+        if not model.supports_minibatch:
+            model.whitened_view(model.data[:1])  # raises the model's own explanation
+            raise ValueError(f"{type(model).__name__} does not support minibatches.")
+    if learn is not None and not isinstance(learn, LearnHyperparameters):
+        raise TypeError(f"`learn` must be a LearnHyperparameters or None, got {type(learn)}.")
+
+
+def _checked_q(model, optimizer, q):
+    """Refuse a `q` that is not this model's family (for this strategy's form) or whose
+    parameters do not have the model's shapes."""
+    if not isinstance(q, AbstractVariational):
+        raise TypeError(f"`q` must be a variational family, got {type(q).__name__}.")
+    expected = jax.eval_shape(lambda: model.init_variational(optimizer.form))
+    if type(q) is not type(expected):
+        raise TypeError(
+            f"`q` is a {type(q).__name__}, but this model (family={model.family!r}) and "
+            f"{type(optimizer).__name__} move a {type(expected).__name__}: start from "
+            f"`model.init_variational({optimizer.form!r})`."
+        )
+    got = [tuple(jnp.shape(p)) for p in q.parameters]
+    want = [tuple(p.shape) for p in expected.parameters]
+    if got != want:
+        raise ValueError(
+            f"`q` does not fit this model: its parameters have shapes {got}, but "
+            f"`model.init_variational({optimizer.form!r})` gives {want}."
+        )
+    return q
+
+
+def _start(model, optimizer, q, state, num_steps, key, batch_size, learn):
+    learned, learned_state, fixed = None, None, model
+    if learn is not None:
+        learned, fixed = learn.partition(model)
+        if has_learnable(learned):
+            learned_state = learn.optimizer.init(learned)
+        else:  # nothing selected: the plain loop
+            learn, learned, fixed = None, None, model
+    minibatches = None if batch_size is None else Minibatches(int(batch_size))
+    loop = Loop(fixed, optimizer, learn, minibatches)
+    dtype, length = model.dtype, int(num_steps) + 1
+    history = StepInfo(
+        elbo=jnp.full(length, jnp.nan, dtype),
+        step_size=jnp.zeros(length, dtype),
+        num_backoffs=jnp.zeros(length, jnp.int32),
+        min_precision=jnp.zeros(length, dtype),
+        scheduled_step_size=jnp.zeros(length, dtype),
+    )
+    carry = Carry(
+        q=q,
+        state=state,
+        learned=learned,
+        learned_state=learned_state,
+        previous=(q, learned, learned_state),
+        batches=None if minibatches is None else minibatches.init(model.num_data),
+        # A strongly typed 0: a weak one comes back from the while_loop strongly typed, and
+        # the next chunk would then recompile.
+        step=jnp.asarray(0, dtype=jnp.result_type(int)),
+        outcome=FitOutcome.max_steps,
+        history=history,
+        key=jax.random.PRNGKey(0) if key is None else key,
+    )
+    return loop, carry
+
+
+def _run(loop: Loop, carry: Carry, num_steps: int, tol, progress: bool) -> Carry:
+    """Run the compiled loop in chunks sized to take about half a second each, so that the
+    progress bar moves and Ctrl-C is answered within about a second: the interrupted fit
+    returns the last completed chunk's state with the `interrupted` outcome."""
+    chunk, target_seconds = 1, 0.5
+    with tqdm(total=num_steps, disable=not progress, delay=3.0, desc="ngvi.fit") as bar:
+        try:
+            while int(carry.step) < num_steps and carry.outcome == FitOutcome.max_steps:
+                before, start = int(carry.step), time.perf_counter()
+                stop_at = jnp.asarray(min(before + chunk, num_steps))
+                carry = run_chunk(loop, carry, stop_at, tol)
+                done = int(carry.step) - before
+                elapsed = time.perf_counter() - start
+                bar.update(done)
+                bar.set_postfix(
+                    elbo=f"{float(carry.history.elbo[max(int(carry.step) - 1, 0)]):.6g}"
+                )
+                per_step = elapsed / max(done, 1)
+                chunk = int(min(max(1, target_seconds / max(per_step, 1e-9)), 4 * chunk + 1))
+        except KeyboardInterrupt:
+            carry = eqx.tree_at(lambda c: c.outcome, carry, FitOutcome.interrupted)
+    return carry
+
+
+@eqx.filter_jit
+def _elbo(model, q):
+    return model.elbo(q)
+
+
+def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool) -> FitResult:
+    steps = int(carry.step)
+    model = loop.full_model(carry.learned)
+    final_elbo = _elbo(model, carry.q)
+    outcome = carry.outcome
+    message = FitOutcome[outcome]
+    if outcome == FitOutcome.failed:
+        detail = (
+            f"ngvi.fit failed after {steps} steps: {message}. {describe_failure(model, carry.q)}"
+        )
+        if throw:
+            raise RuntimeError(detail + " Pass `throw=False` to get the last finite posterior.")
+        warnings.warn(detail, stacklevel=3)
+    elif outcome in (FitOutcome.stalled, FitOutcome.schedule_ended, FitOutcome.interrupted):
+        warnings.warn(f"ngvi.fit stopped after {steps} steps: {message}.", stacklevel=3)
+    history = jax.tree.map(lambda buffer: buffer[:steps], carry.history)
+    return FitResult(carry.q, final_elbo, initial_elbo, history, steps, outcome, model)

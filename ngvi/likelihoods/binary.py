@@ -1,0 +1,126 @@
+"""Binary classification likelihoods: probit and logit, labels in {0, 1} or {-1, +1}."""
+
+import distrax
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import log_ndtr, ndtr
+from jaxtyping import Array, ArrayLike
+
+from .._validation import check_finite
+from .base import AbstractLikelihood, Vector
+
+
+def _binary_labels(y: ArrayLike, name: str) -> np.ndarray:
+    """Map labels in {0, 1} or {-1, +1} to {0., 1.}; raise on anything else."""
+    y = check_finite(y, "y")
+    flat = y.ravel()
+    bad = np.flatnonzero(~np.isin(flat, (-1.0, 0.0, 1.0)))
+    if bad.size:
+        raise ValueError(
+            f"{name} labels must be in {{0, 1}} or {{-1, +1}}; found {flat[bad[0]]:g} "
+            f"at index {int(bad[0])}."
+        )
+    if np.any(flat == -1) and np.any(flat == 0):
+        raise ValueError(f"{name} labels mix the {{0, 1}} and {{-1, +1}} encodings.")
+    return (y > 0).astype(float)
+
+
+_MILLS_SWITCH = -5.0
+_MILLS_TERMS = 30
+
+
+def _inverse_mills_and_gap(x: Array) -> tuple[Array, Array]:
+    r"""$r(x) = \phi(x) / \Phi(x) = \partial_x \log\Phi(x)$ and $x + r(x)$, both stable.
+
+    For $x < -5$ the gap $x + r(x)$ cancels catastrophically, so it comes from Laplace's
+    continued fraction $r(-t) = t + 1/(t + 2/(t + 3/(t + \dots)))$ (30 terms: float64 accuracy
+    for $t \ge 5$). Elsewhere $r = \exp(\log\phi(x) - \log\Phi(x))$. (`jax.scipy.special.erfcx`
+    is avoided: it returns 0 near its internal switch points, 9.2 in float32, 26.6 in float64.)
+    """
+    tail = x < _MILLS_SWITCH
+    t = jnp.where(tail, -x, -_MILLS_SWITCH)
+    acc = t
+    for k in range(_MILLS_TERMS, 1, -1):
+        acc = t + k / acc
+    tail_gap = 1 / acc
+    x_body = jnp.where(tail, _MILLS_SWITCH, x)
+    body_r = jnp.exp(-0.5 * x_body**2 - 0.5 * jnp.log(2 * jnp.pi) - log_ndtr(x_body))
+    r = jnp.where(tail, t + tail_gap, body_r)
+    return r, jnp.where(tail, tail_gap, x + body_r)
+
+
+@jax.custom_jvp
+def _inverse_mills(x):
+    return _inverse_mills_and_gap(x)[0]
+
+
+@_inverse_mills.defjvp
+def _inverse_mills_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    r, gap = _inverse_mills_and_gap(x)
+    return r, -r * gap * dx
+
+
+@jax.custom_jvp
+def _log_ndtr(x):
+    return log_ndtr(x)
+
+
+@_log_ndtr.defjvp
+def _log_ndtr_jvp(primals, tangents):
+    (x,), (dx,) = primals, tangents
+    return _log_ndtr(x), _inverse_mills(x) * dx
+
+
+class Probit(AbstractLikelihood):
+    r"""$\log p(y \mid f) = \log \Phi((2y - 1) f)$ for labels $y \in \{0, 1\}$.
+
+    Labels in $\{-1, +1\}$ are accepted by `prepare_targets` and mapped to $\{0, 1\}$.
+    No clipping: $\log\Phi$ and its derivatives $r = \phi/\Phi$, $-r(x + r)$ are evaluated
+    stably, so they stay finite for $|f|$ up to 40 in float32 and float64. The predictive
+    probability is closed-form, $p = \Phi(m / \sqrt{1 + v})$.
+    """
+
+    def prepare_targets(self, y: ArrayLike) -> np.ndarray:
+        return _binary_labels(y, "Probit")
+
+    def log_prob(self, f: ArrayLike, y: ArrayLike) -> Array:
+        return _log_ndtr((2 * y - 1) * f)
+
+    def conditional_moments(self, f: ArrayLike) -> tuple[Array, Array]:
+        return ndtr(f), ndtr(f) * ndtr(-f)
+
+    def gauss_newton_hessian(self, f: ArrayLike) -> Array:
+        # phi^2 / (Phi (1 - Phi)) = r(f) r(-f), finite in the tails.
+        return -_inverse_mills(f) * _inverse_mills(-f)
+
+    def predictive_moments(self, mean: Vector, variance: Vector) -> tuple[Vector, Vector]:
+        z = mean / jnp.sqrt(1 + variance)
+        return ndtr(z), ndtr(z) * ndtr(-z)
+
+    def distribution(self, f: ArrayLike) -> distrax.Distribution:
+        return distrax.Bernoulli(probs=ndtr(f))
+
+
+class BernoulliLogit(AbstractLikelihood):
+    r"""$\log p(y \mid f) = \log \sigma((2y - 1) f)$, $\sigma$ the logistic sigmoid.
+
+    Labels as for `Probit`. Conditional moments $(\sigma(f), \sigma(f)\sigma(-f))$; the
+    Gauss-Newton curvature $-\sigma(f)\sigma(-f)$ equals the exact Hessian.
+    """
+
+    def prepare_targets(self, y: ArrayLike) -> np.ndarray:
+        return _binary_labels(y, "BernoulliLogit")
+
+    def log_prob(self, f: ArrayLike, y: ArrayLike) -> Array:
+        return jax.nn.log_sigmoid((2 * y - 1) * f)
+
+    def conditional_moments(self, f: ArrayLike) -> tuple[Array, Array]:
+        return jax.nn.sigmoid(f), jax.nn.sigmoid(f) * jax.nn.sigmoid(-f)
+
+    def gauss_newton_hessian(self, f: ArrayLike) -> Array:
+        return -jax.nn.sigmoid(f) * jax.nn.sigmoid(-f)
+
+    def distribution(self, f: ArrayLike) -> distrax.Distribution:
+        return distrax.Bernoulli(logits=f)

@@ -1,0 +1,76 @@
+"""The Poisson likelihood with a log link and optional exposure."""
+
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import gammaln
+from jaxtyping import Array, ArrayLike, Float
+
+from .._validation import check_finite, check_positive
+from .base import AbstractLikelihood, Vector
+
+
+class Poisson(AbstractLikelihood):
+    r"""$\log p(y \mid f) = y (f + \log e) - e\, \exp(f) - \log y!$ (log link, exposure $e$).
+
+    With $\lambda = \mathbb{E}_q[e^f] = \exp(m + v/2)$, everything is closed-form:
+    $\mathbb{E}_q[\log p] = y(m + \log e) - e\lambda - \log y!$,
+    $\mathbb{E}_q[g] = y - e\lambda$ and $\mathbb{E}_q[H] = \mathbb{E}_q[H_{GN}] = -e\lambda$.
+    `conditional_moments` and `predictive_moments` are per unit exposure: the predictive mean is
+    $\lambda$ and the variance $\lambda + (e^v - 1)\lambda^2$.
+
+    `exposure` is an optional positive array broadcast against $f$ (shape `()` or `(n,)`).
+    """
+
+    exposure: Float[Array, "..."] | None
+
+    def __init__(self, exposure: ArrayLike | None = None, *, num_quadrature_points: int = 20):
+        if exposure is not None:
+            check_positive(exposure, "exposure")
+            exposure = jnp.asarray(exposure, dtype=float)
+        self.exposure = exposure
+        self.num_quadrature_points = num_quadrature_points
+
+    def prepare_targets(self, y: ArrayLike) -> np.ndarray:
+        y = check_finite(y, "y")
+        flat = y.ravel()
+        bad = np.flatnonzero((flat < 0) | (flat != np.round(flat)))
+        if bad.size:
+            raise ValueError(
+                "Poisson counts must be non-negative integers; "
+                f"found {flat[bad[0]]:g} at index {int(bad[0])}."
+            )
+        if self.exposure is not None and jnp.shape(self.exposure) not in ((), y.shape):
+            raise ValueError(
+                f"Poisson `exposure` has shape {jnp.shape(self.exposure)} but there are "
+                f"{y.shape[0]} counts: give one exposure per count, or a scalar."
+            )
+        return y
+
+    def _log_exposure(self) -> Array | float:
+        return 0.0 if self.exposure is None else jnp.log(self.exposure)
+
+    def log_prob(self, f: ArrayLike, y: ArrayLike) -> Array:
+        log_rate = f + self._log_exposure()
+        return y * log_rate - jnp.exp(log_rate) - gammaln(y + 1.0)
+
+    def expected_log_prob(self, y: Vector, mean: Vector, variance: Vector) -> Vector:
+        log_rate = mean + self._log_exposure()
+        return y * log_rate - jnp.exp(log_rate + variance / 2) - gammaln(y + 1.0)
+
+    def expected_derivatives(
+        self, y: Vector, mean: Vector, variance: Vector
+    ) -> tuple[Vector, Vector, Vector]:
+        rate = jnp.exp(mean + self._log_exposure() + variance / 2)
+        return self.expected_log_prob(y, mean, variance), y - rate, -rate
+
+    def gauss_newton_derivatives(
+        self, y: Vector, mean: Vector, variance: Vector
+    ) -> tuple[Vector, Vector, Vector]:
+        return self.expected_derivatives(y, mean, variance)
+
+    def conditional_moments(self, f: ArrayLike) -> tuple[Array, Array]:
+        return jnp.exp(f), jnp.exp(f)
+
+    def predictive_moments(self, mean: Vector, variance: Vector) -> tuple[Vector, Vector]:
+        y_mean = jnp.exp(mean + variance / 2)
+        return y_mean, y_mean + jnp.expm1(variance) * y_mean**2

@@ -1,0 +1,185 @@
+"""The model protocol: what strategies, `fit` and `predict` may ask of a model.
+
+A model owns its prior, its likelihood, its data and the family it uses, and answers for a batch
+of data (`None`: all of it):
+
+- `latent_marginals_and_kl(q, batch)`: the marginals of the latent(s) at the batch, `(B, C)`,
+  and `KL(q || p)`;
+- `natural_target(q, batch, marginals, statistics, scale)`: the natural-gradient target from
+  per-point site statistics, the data term scaled by `scale = N / B`;
+- `predict_latent(q, X_new)`, `posterior(q)`, `elbo(q, batch)`.
+
+It does so by handing the family a view of its prior (`whitened_view`, `site_view`); families
+hold only their own parameters. Adding a model means implementing the views (and
+`init_variational`); strategies and `predict` never look at the model's class.
+"""
+
+import abc
+from typing import ClassVar
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array, Float
+
+from .._data import Data
+from ..families import (
+    AbstractVariational,
+    DenseGaussianVariational,
+    DiagonalGaussianVariational,
+    Marginals,
+    SiteStatistics,
+    WhitenedGaussianVariational,
+)
+from ..likelihoods import AbstractLikelihood
+from ..likelihoods.expectations import expected_log_prob
+
+FAMILIES = ("full", "mean-field")
+FORMS = ("natural", "moments")
+
+
+def check_family(family: str) -> str:
+    if family not in FAMILIES:
+        raise ValueError(f"`family` must be one of {FAMILIES}, got {family!r}.")
+    return family
+
+
+class AbstractModel(eqx.Module):
+    """The model protocol (see the module docstring)."""
+
+    likelihood: eqx.AbstractVar[AbstractLikelihood]
+    data: eqx.AbstractVar[Data]
+    family: eqx.AbstractVar[str]
+
+    supports_minibatch: ClassVar[bool] = True
+    """Whether `batch` may be a subset of the data (scaled by `N / B`)."""
+
+    # -- the views a family reads the prior through ----------------------------------------
+    @abc.abstractmethod
+    def whitened_view(self, batch: Data | None):
+        """The latent at `batch` (`None`: all data) in whitened coordinates."""
+
+    @abc.abstractmethod
+    def whitened_view_at(self, X_new: Float[Array, "m d"]):
+        """The latent at new inputs in whitened coordinates."""
+
+    @abc.abstractmethod
+    def latent_coordinates(self) -> tuple[Array, Array]:
+        """`(o, L)`: the model's natural coordinates are `o + L v` (see `posterior`)."""
+
+    @abc.abstractmethod
+    def num_coordinates(self) -> int:
+        """The dimension of the whitened coordinates (per latent function)."""
+
+    def whitened_marginals(self, q, batch: Data | None) -> Marginals:
+        """Marginals `(B, C)` at `batch` of a family over the whitened coordinates (a model
+        that streams over its data in chunks overrides this)."""
+        return q.project(self.whitened_view(batch))
+
+    def whitened_marginals_at(self, q, X_new) -> Marginals:
+        """As `whitened_marginals`, at new inputs."""
+        return q.project(self.whitened_view_at(X_new))
+
+    def pullback(
+        self, batch: Data | None, statistics: SiteStatistics, diagonal: bool
+    ) -> tuple[Array, Array]:
+        """Per-point `E[g]`, `E[H]` pulled back to the whitened coordinates, per latent:
+        `(sum_b a_b E[g_b], sum_b a_b E[H_b] a_b^T)` (`(C, D)`, and `(C, D, D)` or its
+        diagonal `(C, D)`), unscaled."""
+        view = self.whitened_view(batch)
+        grads, hessians = view.from_points(statistics.grad), view.from_points(statistics.hess)
+        return jax.vmap(lambda g, h: view.pullback(g, h, diagonal))(grads, hessians)
+
+    def site_view(self, batch: Data | None):
+        raise TypeError(
+            f"{type(self).__name__} has no per-point sites; use `model.init_variational()`."
+        )
+
+    def site_prediction_view(self, X_new):
+        return self.site_view(None)
+
+    # -- what strategies, fit and predict ask ----------------------------------------------
+    @property
+    def num_data(self) -> int:
+        return self.data.y.shape[0]
+
+    @property
+    def num_latent(self) -> int:
+        return self.likelihood.num_latent
+
+    @property
+    def num_groups(self) -> int:
+        """How many independent Gaussians `q` holds (its leading axis): one per latent
+        function here; one for a model whose single latent vector is jointly Gaussian."""
+        return self.num_latent
+
+    @property
+    def X(self) -> Float[Array, "n d"]:
+        return self.data.X
+
+    @property
+    def y(self) -> Float[Array, " n"]:
+        return self.data.y
+
+    @property
+    def dtype(self):
+        return self.data.y.dtype
+
+    def init_variational(self, form: str = "natural") -> AbstractVariational:
+        """The model's family at the prior. `form="natural"` (default) is what the
+        natural-gradient strategies move: sites for a dense GP's full family, natural
+        parameters over the whitened coordinates otherwise; `form="moments"` is the
+        `(m, S)` form of the same family that `Adam` moves."""
+        if form not in FORMS:
+            raise ValueError(f"`form` must be one of {FORMS}, got {form!r}.")
+        shape = (self.num_groups, self.num_coordinates(), self.dtype)
+        if form == "moments":
+            return WhitenedGaussianVariational.at_prior(*shape, self.family == "mean-field")
+        if self.family == "mean-field":
+            return DiagonalGaussianVariational.at_prior(*shape)
+        return self._full_natural_family(*shape)
+
+    def _full_natural_family(self, num_latent, dim, dtype) -> AbstractVariational:
+        return DenseGaussianVariational.at_prior(num_latent, dim, dtype)
+
+    def targets(self, batch: Data | None) -> Array:
+        return (self.data if batch is None else batch).y
+
+    def batch_scale(self, batch: Data | None):
+        """`N / B`: the factor that makes a batch's data term an unbiased full-data estimate."""
+        return 1.0 if batch is None else self.num_data / batch.num_points
+
+    def latent_marginals_and_kl(
+        self, q: AbstractVariational, batch: Data | None = None
+    ) -> tuple[Marginals, Float[Array, ""]]:
+        """Marginals `(B, C)` of the latent at `batch` and `KL(q || p)`."""
+        return q.marginals_and_kl(self, batch)
+
+    def natural_target(
+        self, q, batch, marginals: Marginals, statistics: SiteStatistics, scale
+    ) -> tuple[Array, Array]:
+        """`q`'s parameters at `eta_prior + scale * site(statistics)`."""
+        return q.natural_target(self, batch, marginals, statistics, scale)
+
+    def expected_log_likelihood(self, y, marginals: Marginals) -> Float[Array, " B"]:
+        """`E_q[log p(y_b | f_b)]` per point: closed form or quadrature, never sampled."""
+        return expected_log_prob(self.likelihood, y, marginals)
+
+    def elbo(self, q: AbstractVariational, batch: Data | None = None) -> Float[Array, ""]:
+        """`sum_i E_q[log p(y_i | f_i)] - KL(q || p)`, exact (closed form or quadrature);
+        on a batch, the unbiased estimate with the data term scaled by `N / B`."""
+        marginals, kl = self.latent_marginals_and_kl(q, batch)
+        expected = self.expected_log_likelihood(self.targets(batch), marginals)
+        return self.batch_scale(batch) * jnp.sum(expected) - kl
+
+    def predict_latent(self, q: AbstractVariational, X_new) -> Marginals:
+        """Latent marginals `(m, C)` at new inputs."""
+        return q.predict(self, X_new)
+
+    def posterior(self, q: AbstractVariational) -> tuple[Array, Array]:
+        """`q` as moments in the model's coordinates: mean `(C, D)`, covariance `(C, D, D)`."""
+        return q.posterior(self)
+
+    def diagnose(self, q: AbstractVariational) -> str:
+        """A sentence on why the ELBO of `q` may not be finite ('' if nothing is found)."""
+        return ""

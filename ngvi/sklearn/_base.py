@@ -1,0 +1,162 @@
+"""The engine the estimators share: parameters, input scaling, fitting and predicting."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+
+from .. import kernels as _kernels
+from ..fitting import fit as _ngvi_fit
+from ..hyperparameters import LearnHyperparameters
+from ..models import Model
+from ..optimizers import NaturalGradient
+from ..predict import predict as _ngvi_predict
+from ..priors import GPPrior
+
+_KERNELS = {
+    "se": _kernels.SquaredExponential,
+    "rbf": _kernels.SquaredExponential,
+    "matern12": _kernels.Matern12,
+    "matern32": _kernels.Matern32,
+    "matern52": _kernels.Matern52,
+}
+
+
+@functools.lru_cache(maxsize=16)
+def _adam(lr: float) -> optax.GradientTransformation:
+    # One object per learning rate: the compiled fit loop is keyed on it, so refits reuse it.
+    return optax.adam(lr)
+
+
+def _fit_posterior(model, *, learn: bool, num_steps: int, lr: float, key):
+    """Run `ngvi.fit`, learning the hyperparameters when asked; return `(model, q, result)`."""
+    optimizer = NaturalGradient(lr=1.0)
+    options = dict(num_steps=num_steps, key=key, progress=False)
+    if not learn:
+        result = _ngvi_fit(model, optimizer, **options)
+        return model, result.q, result
+    learner = LearnHyperparameters(optimizer=_adam(lr))
+    result = _ngvi_fit(model, optimizer, learn=learner, **options)
+    return result.model, result.q, result
+
+
+class BaseGP(BaseEstimator):
+    """Shared parameters, input handling and the fit/predict engine (not public)."""
+
+    def __init__(
+        self,
+        kernel="se",
+        lengthscale=1.0,
+        variance=1.0,
+        ard=True,
+        learn_hyperparameters=True,
+        num_steps=200,
+        lr=0.05,
+        standardize=True,
+        jitter=1e-6,
+        random_state=None,
+    ):
+        self.kernel = kernel
+        self.lengthscale = lengthscale
+        self.variance = variance
+        self.ard = ard
+        self.learn_hyperparameters = learn_hyperparameters
+        self.num_steps = num_steps
+        self.lr = lr
+        self.standardize = standardize
+        self.jitter = jitter
+        self.random_state = random_state
+
+    # -- hooks for the concrete estimators ------------------------------------------------
+    def _make_likelihood(self):
+        raise NotImplementedError
+
+    def _prior_mean(self, y: np.ndarray) -> float:
+        return 0.0
+
+    # -- shared machinery -----------------------------------------------------------------
+    def _check_parameters(self) -> None:
+        if self.kernel not in _KERNELS:
+            raise ValueError(f"`kernel` must be one of {sorted(_KERNELS)}, got {self.kernel!r}.")
+        if int(self.num_steps) < 1:
+            raise ValueError(f"`num_steps` must be a positive integer, got {self.num_steps!r}.")
+        if not float(self.lr) > 0:
+            raise ValueError(f"`lr` must be positive, got {self.lr!r}.")
+
+    def _make_kernel(self, num_features: int):
+        lengthscale = np.asarray(self.lengthscale, dtype=float)
+        if self.ard and lengthscale.ndim == 0:
+            lengthscale = np.full(num_features, float(lengthscale))
+        if lengthscale.ndim == 1 and lengthscale.shape[0] != num_features:
+            raise ValueError(
+                f"`lengthscale` has {lengthscale.shape[0]} entries but X has {num_features} "
+                "features."
+            )
+        return _KERNELS[self.kernel](variance=float(self.variance), lengthscale=lengthscale)
+
+    def _scale_inputs(self, X: np.ndarray, reset: bool) -> np.ndarray:
+        if reset:
+            if self.standardize:
+                scale = X.std(axis=0)
+                self.x_mean_ = X.mean(axis=0)
+                self.x_scale_ = np.where(scale > 0, scale, 1.0)
+            else:
+                self.x_mean_ = np.zeros(X.shape[1])
+                self.x_scale_ = np.ones(X.shape[1])
+        return (X - self.x_mean_) / self.x_scale_
+
+    def _fit_latent(self, X: np.ndarray, targets: np.ndarray):
+        """Fit the GP to `targets` (already in the likelihood's encoding)."""
+        self._check_parameters()
+        seed = check_random_state(self.random_state).randint(np.iinfo(np.int32).max)
+        X = self._scale_inputs(np.asarray(X, dtype=np.float64), reset=True)
+        with jax.enable_x64(True):
+            prior = GPPrior(
+                self._make_kernel(X.shape[1]), mean=self._prior_mean(targets), jitter=self.jitter
+            )
+            model = Model(prior, self._make_likelihood(), X, targets)
+            model, q, result = _fit_posterior(
+                model,
+                learn=bool(self.learn_hyperparameters),
+                num_steps=int(self.num_steps),
+                lr=float(self.lr),
+                key=jax.random.PRNGKey(seed),
+            )
+        self.model_, self.posterior_ = model, q
+        self.kernel_ = model.prior.kernel
+        self.elbo_ = float(result.elbo)
+        self.n_iter_ = int(result.num_steps)
+        return self
+
+    def _predict_moments(self, X) -> tuple[np.ndarray, ...]:
+        """`(latent mean, latent variance, predictive mean, predictive variance)` at `X`."""
+        check_is_fitted(self, "posterior_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = self._scale_inputs(X, reset=False)
+        with jax.enable_x64(True):
+            prediction = _ngvi_predict(self.model_, self.posterior_, jnp.asarray(X))
+            return tuple(
+                np.asarray(a, dtype=np.float64)
+                for a in (
+                    prediction.latent_mean,
+                    prediction.latent_variance,
+                    prediction.mean,
+                    prediction.variance,
+                )
+            )
+
+    @property
+    def lengthscale_(self) -> np.ndarray:
+        """The fitted lengthscale(s), in standardised input units when `standardize=True`."""
+        check_is_fitted(self, "posterior_")
+        return np.asarray(self.kernel_.lengthscale)
+
+    @property
+    def variance_(self) -> float:
+        """The fitted signal variance."""
+        check_is_fitted(self, "posterior_")
+        return float(self.kernel_.variance)

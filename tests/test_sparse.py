@@ -1,0 +1,241 @@
+"""`SparseModel` against independent truth: the dense model (Z = X), Titsias' collapsed bound,
+L-BFGS optima of an SVGP ELBO written out here, and unbiased minibatch estimators."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.optimize
+from helpers import banana
+from jax.scipy.special import gammaln, log_ndtr
+
+import ngvi
+from ngvi.likelihoods import Gaussian, Poisson, Probit
+
+NODES, WEIGHTS = np.polynomial.hermite_e.hermegauss(60)
+WEIGHTS = WEIGHTS / WEIGHTS.sum()
+
+
+def se(X1, X2, variance, lengthscale):
+    d2 = ((X1[:, None, :] - X2[None, :, :]) ** 2).sum(-1)
+    return variance * np.exp(-0.5 * d2 / lengthscale**2)
+
+
+def banana_large():
+    """The 5,300-point banana set shipped with the benchmarks (labels in {0, 1})."""
+    data = np.loadtxt("benchmarks/data/banana_large.csv", delimiter=",", skiprows=1)
+    return data[:, :2], (data[:, 2] > 0).astype(float)
+
+
+def svgp_reference(X, y, Z, log_lik, variance=1.0, lengthscale=0.5, jitter=1e-6):
+    """The best ELBO over q(v) = N(m, S S^T) of f = A v + e with A = K_xz L^-T,
+    Var e = k(x, x) - |a(x)|^2, by L-BFGS-B on (m, S) (explicit inverse of L, NumPy)."""
+    L = np.linalg.cholesky(se(Z, Z, variance, lengthscale) + jitter * np.eye(len(Z)))
+    A = se(X, Z, variance, lengthscale) @ np.linalg.inv(L).T
+    c = np.maximum(variance - (A**2).sum(1), 0.0)
+    M = len(Z)
+    tril = np.tril_indices(M)
+    diag = np.flatnonzero(tril[0] == tril[1])
+    A_, c_, y_ = jnp.asarray(A), jnp.asarray(c), jnp.asarray(y)
+
+    def elbo(theta):
+        m, raw = theta[:M], theta[M:]
+        raw = raw.at[diag].set(jnp.exp(raw[diag]))
+        S = jnp.zeros((M, M)).at[tril].set(raw)
+        mean, var = A_ @ m, c_ + jnp.sum((A_ @ S) ** 2, axis=1)
+        f = mean[:, None] + jnp.sqrt(var)[:, None] * jnp.asarray(NODES)[None, :]
+        expected = jnp.sum(log_lik(f, y_[:, None]) @ jnp.asarray(WEIGHTS))
+        kl = 0.5 * (jnp.sum(S**2) + m @ m - M) - jnp.sum(jnp.log(jnp.diagonal(S)))
+        return expected - kl
+
+    value_and_grad = jax.jit(jax.value_and_grad(lambda t: -elbo(t)))
+    theta0 = np.concatenate([np.zeros(M), np.zeros(len(tril[0]))])
+    solution = scipy.optimize.minimize(
+        lambda t: tuple(np.asarray(v, float) for v in value_and_grad(jnp.asarray(t))),
+        theta0,
+        jac=True,
+        method="L-BFGS-B",
+        options={"maxiter": 20000, "maxfun": 40000, "gtol": 1e-10, "ftol": 1e-16},
+    )
+    return -float(solution.fun)
+
+
+def sparse_model(X, y, likelihood, Z, **kwargs):
+    prior = ngvi.GPPrior(ngvi.kernels.SquaredExponential(1.0, 0.5), jitter=1e-6)
+    return ngvi.SparseModel(prior, likelihood, X, y, inducing=Z, **kwargs)
+
+
+def test_inducing_at_the_data_reproduces_the_dense_optimum():
+    X, y = banana()
+    kernel = ngvi.kernels.SquaredExponential(2.0, 0.6)
+    dense = ngvi.Model(ngvi.GPPrior(kernel, jitter=1e-6), Probit(), X, y)
+    sparse = ngvi.SparseModel(ngvi.GPPrior(kernel, jitter=1e-6), Probit(), X, y, inducing=X)
+    dense_fit = ngvi.fit(dense, ngvi.NaturalGradient(), 50, progress=False)
+    sparse_fit = ngvi.fit(sparse, ngvi.NaturalGradient(), 50, progress=False)
+    assert sparse_fit.converged and dense_fit.converged
+    assert abs(float(sparse_fit.elbo) - float(dense_fit.elbo)) < 1e-5
+
+
+def test_gaussian_one_step_gives_the_collapsed_bound():
+    """Titsias (2009): log N(y | 0, Q + s2 I) - tr(K - Q) / (2 s2), Q = K_xz K_zz^-1 K_zx."""
+    X, _ = banana_large()
+    X = X[:1000]
+    rng = np.random.default_rng(0)
+    y = np.sin(2 * X[:, 0]) * np.cos(X[:, 1]) + 0.3 * rng.standard_normal(len(X))
+    Z, noise, jitter = X[:40], 0.09, 1e-6
+    model = sparse_model(X, y, Gaussian(noise), Z, chunk_size=300)
+    result = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), 1, progress=False)
+    Kzz = se(Z, Z, 1.0, 0.5) + jitter * np.eye(len(Z))
+    Kxz = se(X, Z, 1.0, 0.5)
+    Q = Kxz @ np.linalg.inv(Kzz) @ Kxz.T
+    C = Q + noise * np.eye(len(X))
+    log_normal = -0.5 * (y @ np.linalg.solve(C, y) + np.linalg.slogdet(C)[1])
+    log_normal -= 0.5 * len(X) * np.log(2 * np.pi)
+    bound = log_normal - (len(X) * 1.0 - np.trace(Q)) / (2 * noise)
+    np.testing.assert_allclose(float(result.elbo), bound, rtol=1e-8)
+
+
+@pytest.mark.parametrize("likelihood", ["probit", "poisson"])
+def test_full_batch_reaches_the_independent_optimum_in_fifteen_steps(likelihood):
+    X, labels = banana_large()
+    Z = X[:64]
+    if likelihood == "probit":
+        y, lik = labels, Probit()
+        log_lik = lambda f, y: log_ndtr((2 * y - 1) * f)  # noqa: E731
+    else:
+        rng = np.random.default_rng(1)
+        y = rng.poisson(np.exp(0.5 * np.sin(2 * X[:, 0]) + 0.3 * X[:, 1])).astype(float)
+        lik = Poisson()
+        log_lik = lambda f, y: y * f - jnp.exp(f) - gammaln(y + 1.0)  # noqa: E731
+    model = sparse_model(X, y, lik, Z)
+    result = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), 15, tol=0.0, progress=False)
+    optimum = svgp_reference(X, y, Z, log_lik)
+    assert optimum - float(result.elbo) < 1e-6
+    assert float(result.elbo) - optimum < 1e-6
+
+
+def test_chunked_passes_equal_one_pass():
+    X, y = banana_large()
+    Z = X[:20]
+    one = sparse_model(X[:1000], y[:1000], Probit(), Z, chunk_size=1000)
+    chunked = sparse_model(X[:1000], y[:1000], Probit(), Z, chunk_size=300)  # 300 ∤ 1000
+    fitted = ngvi.fit(one, ngvi.NaturalGradient(), 5, progress=False).q
+    np.testing.assert_allclose(chunked.elbo(fitted), one.elbo(fitted), rtol=1e-12)
+    X_new = np.linspace(-3, 3, 700)[:, None] * np.ones((1, 2))
+    p1, p2 = ngvi.predict(one, fitted, X_new), ngvi.predict(chunked, fitted, X_new)
+    np.testing.assert_allclose(p2.latent_mean, p1.latent_mean, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(p2.latent_variance, p1.latent_variance, rtol=1e-12, atol=1e-14)
+    step_one = ngvi.fit(one, ngvi.NaturalGradient(), 3, q=fitted, tol=0.0, progress=False)
+    step_chunked = ngvi.fit(chunked, ngvi.NaturalGradient(), 3, q=fitted, tol=0.0, progress=False)
+    assert eqx.tree_equal(step_one.q, step_chunked.q, rtol=1e-10, atol=1e-12)
+
+
+def test_predict_matches_the_dense_conditional():
+    X, y = banana()
+    Z = X[:30]
+    model = sparse_model(X, y, Probit(), Z, chunk_size=128)
+    q = ngvi.fit(model, ngvi.NaturalGradient(), 20, progress=False).q
+    mean_u, cov_u = model.posterior(q)  # posterior of u = f(Z)
+    X_new = np.random.default_rng(2).uniform(-3, 3, size=(300, 2))
+    Kzz = se(Z, Z, 1.0, 0.5) + 1e-6 * np.eye(30)
+    Kxz = se(X_new, Z, 1.0, 0.5)
+    P = Kxz @ np.linalg.inv(Kzz)
+    want_mean = P @ np.asarray(mean_u[0])
+    want_var = 1.0 - np.sum(P * Kxz, 1) + np.sum((P @ np.asarray(cov_u[0])) * P, 1)
+    prediction = ngvi.predict(model, q, X_new)
+    np.testing.assert_allclose(prediction.latent_mean, want_mean, rtol=1e-7, atol=1e-9)
+    np.testing.assert_allclose(prediction.latent_variance, want_var, rtol=1e-6, atol=1e-9)
+
+
+def test_minibatch_estimators_are_unbiased_over_an_epoch():
+    X, y = banana_large()
+    X, y = X[:1024], y[:1024]
+    model = sparse_model(X, y, Probit(), X[:16])
+    q = ngvi.fit(model, ngvi.NaturalGradient(), 3, progress=False).q
+    order = np.random.default_rng(0).permutation(1024)
+    batches = [model.data[jnp.asarray(order[k : k + 128])] for k in range(0, 1024, 128)]
+    strategy = ngvi.NaturalGradient()
+
+    def estimates(batch):
+        marginals, _ = model.latent_marginals_and_kl(q, batch)
+        statistics = strategy.statistics(model, model.targets(batch), marginals, None)
+        scale = model.batch_scale(batch)
+        target = model.natural_target(q, batch, marginals, statistics, scale)
+        return model.elbo(q, batch), target
+
+    full_elbo, full_target = estimates(None)
+    per_batch = [estimates(batch) for batch in batches]
+    np.testing.assert_allclose(np.mean([e for e, _ in per_batch]), full_elbo, rtol=1e-12)
+    for index in range(2):
+        mean_target = np.mean([np.asarray(t[index]) for _, t in per_batch], axis=0)
+        np.testing.assert_allclose(mean_target, full_target[index], rtol=1e-9, atol=1e-9)
+
+
+def test_minibatch_natural_gradient_reaches_the_full_batch_optimum():
+    X, y = banana_large()
+    model = sparse_model(X, y, Probit(), X[:64])
+    full = ngvi.fit(model, ngvi.NaturalGradient(), 30, progress=False)
+    result = ngvi.fit(model, ngvi.NaturalGradient(), 2000, batch_size=256, progress=False)
+    gap = float(full.elbo) - float(result.elbo)
+    assert 0.0 <= gap < 1e-4 * len(y)
+
+
+def test_the_minibatch_step_has_no_array_of_length_n():
+    X, y = banana_large()
+    model = sparse_model(X, y, Probit(), X[:16])
+    strategy = ngvi.NaturalGradient()
+    q, state = strategy.init(model, model.init_variational())
+    batch = model.data[jnp.arange(128)]
+    jaxpr = jax.make_jaxpr(
+        lambda model, q, state, batch: strategy.step(model, q, state, batch, 0, None)
+    )(model, q, state, batch)
+    n = len(y)
+
+    def shapes(jaxpr):
+        for equation in jaxpr.eqns:
+            for var in equation.outvars:
+                yield getattr(var.aval, "shape", ())
+            for param in equation.params.values():
+                inner = getattr(param, "jaxpr", None)
+                if inner is not None:
+                    yield from shapes(inner)
+
+    assert all(n not in shape for shape in shapes(jaxpr.jaxpr))
+
+
+def test_learning_hyperparameters_and_inducing_inputs_with_minibatches():
+    X, y = banana_large()
+    model = sparse_model(X, y, Probit(), 16)
+    learn = ngvi.LearnHyperparameters(__import__("optax").adam(1e-2))
+    result = ngvi.fit(
+        model, ngvi.NaturalGradient(), 300, batch_size=512, learn=learn, progress=False
+    )
+    assert not np.allclose(result.model.inducing, model.inducing)
+    fixed = ngvi.fit(model, ngvi.NaturalGradient(), 300, batch_size=512, progress=False)
+    assert float(result.elbo) > float(fixed.elbo)
+    assert float(result.elbo) == pytest.approx(float(result.model.elbo(result.q)), rel=1e-12)
+
+
+def test_inducing_count_chooses_reproducible_kmeans_centres():
+    X, y = banana()
+    first = sparse_model(X, y, Probit(), 25, seed=3)
+    again = sparse_model(X, y, Probit(), 25, seed=3)
+    other = sparse_model(X, y, Probit(), 25, seed=4)
+    np.testing.assert_array_equal(first.inducing, again.inducing)
+    assert first.inducing.shape == (25, 2)
+    assert not np.array_equal(first.inducing, other.inducing)
+    # k-means centres lie inside the data's range and are distinct.
+    assert np.all(first.inducing.min(0) >= X.min(0)) and np.all(first.inducing.max(0) <= X.max(0))
+    assert len(np.unique(np.round(np.asarray(first.inducing), 8), axis=0)) == 25
+
+
+def test_bad_inducing_inputs():
+    X, y = banana()
+    with pytest.raises(ValueError, match="columns"):
+        sparse_model(X, y, Probit(), np.zeros((5, 3)))
+    with pytest.raises(ValueError, match="positive number"):
+        sparse_model(X, y, Probit(), 0)
+    with pytest.raises(ValueError, match="dense GP model fits all its data"):
+        dense = ngvi.Model(ngvi.GPPrior(ngvi.kernels.SquaredExponential()), Probit(), X, y)
+        ngvi.fit(dense, ngvi.NaturalGradient(), 5, batch_size=32, progress=False)
