@@ -2,7 +2,12 @@
 
 import importlib.metadata
 
-from . import datasets as datasets, kernels as kernels, likelihoods as likelihoods
+from . import (
+    _xla as _xla,  # sets XLA_FLAGS on import, before JAX's backend starts (see _xla.py)
+    datasets as datasets,
+    kernels as kernels,
+    likelihoods as likelihoods,
+)
 from ._data import Data as Data
 from .families import (
     AbstractVariational as AbstractVariational,

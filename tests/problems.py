@@ -136,9 +136,7 @@ def exact_log_marginal_likelihood(problem: Problem) -> float:
     covariance = problem.prior_covariance() + 0.1 * np.eye(len(problem.y))
     sign, log_det = np.linalg.slogdet(covariance)
     y = problem.y
-    return float(
-        -0.5 * (y @ np.linalg.inv(covariance) @ y + log_det + len(y) * np.log(2 * np.pi))
-    )
+    return float(-0.5 * (y @ np.linalg.inv(covariance) @ y + log_det + len(y) * np.log(2 * np.pi)))
 
 
 @functools.cache
@@ -174,8 +172,14 @@ def reference_laplace(problem: Problem) -> tuple[np.ndarray, np.ndarray]:
 
 def _tutorial() -> Problem:
     X, y = ngvi.datasets.tutorial()
-    return Problem("tutorial-probit", "probit", np.asarray(X), np.asarray(y > 0, float), True,
-                   kernel_args=(1.5, 1.0))
+    return Problem(
+        "tutorial-probit",
+        "probit",
+        np.asarray(X),
+        np.asarray(y > 0, float),
+        True,
+        kernel_args=(1.5, 1.0),
+    )
 
 
 def _gp_regression() -> Problem:
@@ -197,8 +201,9 @@ def _linear(likelihood: str, seed: int) -> Problem:
     return Problem(f"linear-{likelihood}", likelihood, X, y, False, prior_variance=2.0)
 
 
-PROBLEMS = {p.name: p for p in (_tutorial(), _gp_regression(), _linear("logit", 1),
-                                _linear("poisson", 2))}
+PROBLEMS = {
+    p.name: p for p in (_tutorial(), _gp_regression(), _linear("logit", 1), _linear("poisson", 2))
+}
 
 DECAY = optax.exponential_decay(1.0, transition_steps=40, decay_rate=0.5, end_value=0.01)
 
@@ -211,13 +216,27 @@ MEAN_FIELD_NATURAL = ("tutorial-probit", "linear-logit", "linear-poisson")
 STRATEGIES = {
     "natgrad": (ngvi.NaturalGradient(lr=1.0), "full", 100, 1e-6, tuple(PROBLEMS)),
     "natgrad-mean-field": (
-        ngvi.NaturalGradient(lr=0.5), "mean-field", 400, 1e-6, MEAN_FIELD_NATURAL),
+        ngvi.NaturalGradient(lr=0.5),
+        "mean-field",
+        400,
+        1e-6,
+        MEAN_FIELD_NATURAL,
+    ),
     "gauss-newton": (
-        ngvi.GaussNewton(lr=1.0), "full", 100, 1e-6,
-        ("gp-gaussian", "linear-logit", "linear-poisson")),
+        ngvi.GaussNewton(lr=1.0),
+        "full",
+        100,
+        1e-6,
+        ("gp-gaussian", "linear-logit", "linear-poisson"),
+    ),
     "adam": (ngvi.Adam(lr=0.05), "full", 3000, 1e-4, tuple(PROBLEMS)),
     "adam-mean-field": (ngvi.Adam(lr=0.05), "mean-field", 3000, 1e-4, tuple(PROBLEMS)),
     "blr": (ngvi.BLR(lr=DECAY, num_samples=32), "full", 300, 2e-3, tuple(PROBLEMS)),
     "blr-mean-field": (
-        ngvi.BLR(lr=DECAY, num_samples=32), "mean-field", 300, 2e-3, MEAN_FIELD_NATURAL),
+        ngvi.BLR(lr=DECAY, num_samples=32),
+        "mean-field",
+        300,
+        2e-3,
+        MEAN_FIELD_NATURAL,
+    ),
 }

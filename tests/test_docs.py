@@ -20,7 +20,11 @@ def public_names() -> set[str]:
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.level == 1:
-            names |= {alias.name for alias in node.names if alias.asname == alias.name}
+            names |= {
+                alias.name
+                for alias in node.names
+                if alias.asname == alias.name and not alias.name.startswith("_")
+            }
     return names
 
 

@@ -441,9 +441,7 @@ def test_mean_field_linear_regression_reaches_the_mean_field_optimum():
     assert result.converged
     precision = np.eye(3) / prior_var + design.T @ design / s2
     mean, covariance = result.posterior  # weight space (the prior covariance is diagonal)
-    np.testing.assert_allclose(
-        mean[0], np.linalg.solve(precision, design.T @ y / s2), rtol=1e-6
-    )
+    np.testing.assert_allclose(mean[0], np.linalg.solve(precision, design.T @ y / s2), rtol=1e-6)
     np.testing.assert_allclose(covariance[0], np.diag(1.0 / np.diag(precision)), rtol=1e-10)
     # q holds the precisions of the whitened weights v = w / sqrt(prior_var)
     np.testing.assert_allclose(result.q.precision[0], prior_var * np.diag(precision), rtol=1e-10)
@@ -505,7 +503,10 @@ def test_logistic_regression_matches_independent_dense_optimum():
 
     # mean field runs, stays finite, and cannot beat the full-covariance optimum
     diagonal = ngvi.Model(
-        ngvi.GaussianPrior(jnp.zeros(3), prior_var), BernoulliLogit(), design, y,
+        ngvi.GaussianPrior(jnp.zeros(3), prior_var),
+        BernoulliLogit(),
+        design,
+        y,
         family="mean-field",
     )
     mf = ngvi.fit(diagonal, ngvi.NaturalGradient(lr=1.0), num_steps=50, progress=False)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import scipy.stats
 
+import ngvi
 from ngvi.kernels import Matern32, SquaredExponential
 from ngvi.priors import GaussianPrior, GPPrior
 
@@ -48,9 +49,18 @@ def test_gp_prior_rejects_bad_mean_and_kernel():
     with pytest.raises(ValueError, match="mean"):
         GPPrior(SquaredExponential(), mean=np.nan)
     with pytest.raises(ValueError, match="mean"):
-        GPPrior(SquaredExponential(), mean=[0.0, 1.0])
+        GPPrior(SquaredExponential(), mean=[[0.0, 1.0]])
     with pytest.raises(ValueError, match="kernel"):
         GPPrior(lambda x, y: x @ y.T)
+    with pytest.raises(ValueError, match="2 kernels but 3 prior means"):
+        GPPrior([SquaredExponential(), SquaredExponential()], mean=[0.0, 1.0, 2.0])
+
+
+def test_gp_prior_per_latent_must_match_the_likelihood():
+    prior = GPPrior(SquaredExponential(), mean=[0.0, 1.0])  # two latent functions
+    assert prior.num_latent == 2 and prior.mean_vector(np.zeros((3, 1))).shape == (2, 3)
+    with pytest.raises(ValueError, match="2 latent functions.*likelihood has 1"):
+        ngvi.Model(prior, ngvi.likelihoods.Probit(), np.zeros(4), np.zeros(4))
 
 
 def test_gp_prior_gradients_reach_kernel_and_mean(getkey):

@@ -9,12 +9,10 @@ import pytest
 from problems import PROBLEMS, STRATEGIES, reference_laplace, reference_optimum
 
 import ngvi
-from ngvi.families import RowsView
+from ngvi.families import JointView, RowsView
 
 CASES = [
-    (strategy, problem)
-    for strategy, (*_, problems) in STRATEGIES.items()
-    for problem in problems
+    (strategy, problem) for strategy, (*_, problems) in STRATEGIES.items() for problem in problems
 ]
 
 
@@ -63,7 +61,7 @@ class FeatureModel(ngvi.AbstractModel):
         return self._view(X_new)
 
     def latent_coordinates(self):
-        return jnp.zeros(2), jnp.eye(2)
+        return JointView(jnp.zeros(2), jnp.eye(2))
 
     def num_coordinates(self):
         return 2

@@ -25,8 +25,9 @@ def se_kernel(x1, x2, variance=VARIANCE, lengthscale=LENGTHSCALE):
     return variance * np.exp(-0.5 * d**2 / lengthscale**2)
 
 
-def gp_model(x, family="full", variance=VARIANCE, lengthscale=LENGTHSCALE, jitter=JITTER,
-             mean=PRIOR_MEAN):
+def gp_model(
+    x, family="full", variance=VARIANCE, lengthscale=LENGTHSCALE, jitter=JITTER, mean=PRIOR_MEAN
+):
     """A dense GP model on inputs `x` (the targets play no part in these tests)."""
     kernel = ngvi.kernels.SquaredExponential(variance, lengthscale)
     prior = ngvi.GPPrior(kernel, mean=mean, jitter=jitter)
@@ -295,8 +296,9 @@ def test_whitened_family_through_a_linear_model(kind):
     S0 = a @ a.T + np.eye(4)
     m0 = rng.normal(size=4)
     X = rng.normal(size=(9, 4))
-    model = ngvi.Model(ngvi.GaussianPrior(jnp.asarray(m0), jnp.asarray(S0)), Gaussian(0.5), X,
-                       rng.normal(size=9))
+    model = ngvi.Model(
+        ngvi.GaussianPrior(jnp.asarray(m0), jnp.asarray(S0)), Gaussian(0.5), X, rng.normal(size=9)
+    )
     L0 = np.linalg.cholesky(S0)
     mu_w, Sigma_w = m0 + L0 @ mus[0], L0 @ Sigmas[0] @ L0.T
     mean, covariance = model.posterior(q)
@@ -309,8 +311,9 @@ def test_whitened_family_through_a_linear_model(kind):
     x_new = rng.normal(size=(2, 4))
     predicted = model.predict_latent(q, jnp.asarray(x_new))
     np.testing.assert_allclose(predicted.mean[:, 0], x_new @ mu_w, rtol=1e-10)
-    np.testing.assert_allclose(predicted.variance[:, 0], np.diag(x_new @ Sigma_w @ x_new.T),
-                               rtol=1e-10)
+    np.testing.assert_allclose(
+        predicted.variance[:, 0], np.diag(x_new @ Sigma_w @ x_new.T), rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("kind", WHITENED)
@@ -348,8 +351,9 @@ def test_whitened_family_through_a_gp_model(kind):
 )
 def test_at_prior_is_the_standard_normal(family, dim):
     q = family.at_prior(2, dim, jnp.float64)
-    view = RowsView(jnp.zeros(5), jnp.asarray(np.random.default_rng(8).normal(size=(5, dim))),
-                    jnp.zeros(5))
+    view = RowsView(
+        jnp.zeros(5), jnp.asarray(np.random.default_rng(8).normal(size=(5, dim))), jnp.zeros(5)
+    )
     marginals = q.project(view)
     np.testing.assert_array_equal(marginals.mean, 0.0)
     A = np.asarray(view.design)

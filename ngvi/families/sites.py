@@ -3,13 +3,13 @@
 from typing import ClassVar, NamedTuple
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Float
 
 from ..gaussian import likelihood_site
 from .base import AbstractVariational, Marginals
+from .views import over_latents
 
 _INVERSE_LEAF = 128
 
@@ -20,6 +20,7 @@ class SiteView(eqx.Module):
 
     mean: Float[Array, " N"]
     covariance: Float[Array, "N N"]
+    per_latent: bool = eqx.field(static=True, default=False)
 
 
 class SitePredictionView(eqx.Module):
@@ -28,6 +29,7 @@ class SitePredictionView(eqx.Module):
     cross_covariance: Float[Array, "N M"]
     mean: Float[Array, " M"]
     variance: Float[Array, " M"]
+    per_latent: bool = eqx.field(static=True, default=False)
 
 
 class SiteFactors(NamedTuple):
@@ -101,8 +103,16 @@ def factorise(
     return SiteFactors(cholesky_b, sqrt_w, weights, prior_mean + projected, variance, kl)
 
 
+class _Pair(eqx.Module):
+    """Two views read together, per latent or shared."""
+
+    first: eqx.Module
+    second: eqx.Module
+    per_latent: bool = eqx.field(static=True)
+
+
 def _factorise_latents(view: SiteView, lam1, lam2) -> SiteFactors:
-    return jax.vmap(factorise, in_axes=(None, None, 0, 0))(view.covariance, view.mean, lam1, lam2)
+    return over_latents(lambda v, a, b: factorise(v.covariance, v.mean, a, b), view, lam1, lam2)
 
 
 class SiteGaussianVariational(AbstractVariational):
@@ -150,29 +160,30 @@ class SiteGaussianVariational(AbstractVariational):
     def predict(self, model, X_new):
         """`E[f*] = m0(x*) + k*^T a`, `Var[f*] = k** - ||L^-1 W^1/2 k*||^2` per latent."""
         view, new = model.site_view(None), model.site_prediction_view(X_new)
+        both = _Pair(view, new, view.per_latent)
 
-        def one(lam1, lam2):
+        def one(pair, lam1, lam2):
+            view, new = pair.first, pair.second
             factors = factorise(view.covariance, view.mean, lam1, lam2)
             mean = new.mean + new.cross_covariance.T @ factors.weights
             scaled = factors.sqrt_w[:, None] * new.cross_covariance
             v = jsl.solve_triangular(factors.cholesky_b, scaled, lower=True)
             return mean, jnp.maximum(new.variance - jnp.sum(v**2, axis=0), 0.0)
 
-        mean, variance = jax.vmap(one)(self.lam1, self.lam2)
+        mean, variance = over_latents(one, both, self.lam1, self.lam2)
         return Marginals(mean.T, variance.T)
 
     def posterior(self, model):
         """`Sigma = K - V^T V`, `V = L^-1 W^1/2 K`."""
-        view = model.site_view(None)
 
-        def one(lam1, lam2):
+        def one(view, lam1, lam2):
             factors = factorise(view.covariance, view.mean, lam1, lam2)
             scaled = factors.sqrt_w[:, None] * view.covariance
             v = jsl.solve_triangular(factors.cholesky_b, scaled, lower=True)
             covariance = view.covariance - v.T @ v
             return factors.mean, 0.5 * (covariance + covariance.T)
 
-        return jax.vmap(one)(self.lam1, self.lam2)
+        return over_latents(one, model.site_view(None), self.lam1, self.lam2)
 
     def natural_target(self, model, batch, marginals, statistics, scale):
         """The sites `(E[g] - E[H] mu, 1/2 E[H])` themselves (the prior is implicit)."""
@@ -189,9 +200,13 @@ class SiteGaussianVariational(AbstractVariational):
     def prepared_for_psd_correction(self, model):
         """Sites with `W_i <= 0` start as informative as the prior's marginal, `W_i = 1/K_ii`,
         with `lam1_i` shifted by `W_i m0_i` (so a `q` at the prior keeps its mean)."""
-        view = model.site_view(None)
-        start = 1.0 / jnp.diagonal(view.covariance)
-        empty = self.site_precision <= 0
-        lam1 = jnp.where(empty, self.lam1 + (start * view.mean)[None, :], self.lam1)
-        lam2 = jnp.where(empty, -0.5 * start[None, :], self.lam2)
-        return SiteGaussianVariational(lam1, lam2)
+
+        def one(view, lam1, lam2):
+            start = 1.0 / jnp.diagonal(view.covariance)
+            empty = -2.0 * lam2 <= 0
+            return (
+                jnp.where(empty, lam1 + start * view.mean, lam1),
+                jnp.where(empty, -0.5 * start, lam2),
+            )
+
+        return SiteGaussianVariational(*over_latents(one, model.site_view(None), *self.parameters))

@@ -21,12 +21,24 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 
+def over_latents(fn, view, *per_latent):
+    """`fn(view_c, *args_c)` for every latent function `c`, stacked (`eqx.filter_vmap`): the
+    arguments carry a leading latent axis; a view does too when `view.per_latent` (one prior
+    per latent function), and is shared by all latents otherwise."""
+    axes = (0 if view.per_latent else None,) + (0,) * len(per_latent)
+    return eqx.filter_vmap(fn, in_axes=axes)(view, *per_latent)
+
+
 class RowsView(eqx.Module):
-    """`f_b = offset_b + design_b @ v + e_b`, `e_b ~ N(0, conditional_variance_b)`."""
+    """`f_b = offset_b + design_b @ v + e_b`, `e_b ~ N(0, conditional_variance_b)`.
+
+    With `per_latent`, every field has a leading latent axis (one prior per latent function).
+    """
 
     offset: Float[Array, " B"]
     design: Float[Array, "B D"]
     conditional_variance: Float[Array, " B"]
+    per_latent: bool = eqx.field(static=True, default=False)
 
     def project(
         self, mean: Float[Array, " D"], root_t: Float[Array, "K B"]
@@ -57,10 +69,12 @@ class RowsView(eqx.Module):
 
 
 class JointView(eqx.Module):
-    """One data point whose latent is the vector `f = offset + design @ v` (`K` entries)."""
+    """One data point whose latent is the vector `f = offset + design @ v` (`K` entries);
+    also how a model maps whitened coordinates to its natural ones (`latent_coordinates`)."""
 
     offset: Float[Array, " K"]
     design: Float[Array, "K D"]
+    per_latent: bool = eqx.field(static=True, default=False)
 
     def project(
         self, mean: Float[Array, " D"], root_t: Float[Array, "J K"]

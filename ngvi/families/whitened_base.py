@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .base import AbstractVariational, Marginals
+from .views import over_latents
 
 
 class AbstractWhitenedVariational(AbstractVariational):
@@ -33,10 +34,10 @@ class AbstractWhitenedVariational(AbstractVariational):
     def project(self, view) -> Marginals:
         """Marginals `(B, C)` of the latent described by `view`."""
 
-        def one(q):
+        def one(view, q):
             return view.project(q._mean(), q._root_t(view.design.T))
 
-        mean, variance = eqx.filter_vmap(one)(self)
+        mean, variance = over_latents(one, view, self)
         return Marginals(view.to_points(mean), view.to_points(variance))
 
     def kl_to_prior(self) -> Float[Array, ""]:
@@ -50,15 +51,13 @@ class AbstractWhitenedVariational(AbstractVariational):
         return model.whitened_marginals_at(self, X_new)
 
     def posterior(self, model):
-        """`(o + L m, L Sigma L^T)` for the model's `(o, L)` = `model.latent_coordinates()`."""
-        offset, scale = model.latent_coordinates()
+        """`(o + L m, L Sigma L^T)` for the model's coordinates `o + L v`
+        (`model.latent_coordinates()`)."""
 
-        def one(q):
-            root = q._root_t(scale.T)
-            covariance = root.T @ root
-            return offset + scale @ q._mean(), 0.5 * (covariance + covariance.T)
+        def one(view, q):
+            return view.project(q._mean(), q._root_t(view.design.T))
 
-        return eqx.filter_vmap(one)(self)
+        return over_latents(one, model.latent_coordinates(), self)
 
     def coordinate_mean(self, marginals):
         return eqx.filter_vmap(lambda q: q._mean())(self)

@@ -191,6 +191,11 @@ def _elbo(model, q):
     return model.elbo(q)
 
 
+@eqx.filter_jit
+def _elbo_error(model, q):
+    return model.elbo_error(q)
+
+
 def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool) -> FitResult:
     steps = int(carry.step)
     model = loop.full_model(carry.learned)
@@ -207,4 +212,5 @@ def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool) -> FitResult:
     elif outcome in (FitOutcome.stalled, FitOutcome.schedule_ended, FitOutcome.interrupted):
         warnings.warn(f"ngvi.fit stopped after {steps} steps: {message}.", stacklevel=3)
     history = jax.tree.map(lambda buffer: buffer[:steps], carry.history)
-    return FitResult(carry.q, final_elbo, initial_elbo, history, steps, outcome, model)
+    error = _elbo_error(model, carry.q)
+    return FitResult(carry.q, final_elbo, initial_elbo, history, steps, outcome, model, error)

@@ -22,6 +22,8 @@ class FitResult(eqx.Module):
     - `outcome`: a `FitOutcome` item; `result.message` says it in words.
     - `model`: the model `q` belongs to: the input model, with learned hyperparameters when
       `fit` was given `learn=`.
+    - `elbo_error`: the standard error of `elbo` when the likelihood's expectations are Monte
+      Carlo (several latents without a closed form, e.g. `Softmax`); 0 when they are exact.
     """
 
     q: AbstractVariational
@@ -31,6 +33,7 @@ class FitResult(eqx.Module):
     num_steps: int = eqx.field(static=True)
     outcome: FitOutcome
     model: AbstractModel
+    elbo_error: Float[Array, ""] = 0.0
 
     @property
     def message(self) -> str:

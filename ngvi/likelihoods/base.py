@@ -6,6 +6,7 @@ independent marginals $f_i \sim \mathcal{N}(m_i, v_i)$ of the variational poster
 """
 
 import abc
+from typing import ClassVar
 
 import distrax
 import equinox as eqx
@@ -44,6 +45,8 @@ class AbstractLikelihood(eqx.Module):
     """
 
     num_quadrature_points: int = eqx.field(default=20, static=True, kw_only=True)
+    differentiable: ClassVar[bool] = True
+    """Whether `log_prob` has useful derivatives in `f` (Monte Carlo strategies need them)."""
 
     @property
     def num_latent(self) -> int:

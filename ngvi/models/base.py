@@ -18,7 +18,6 @@ import abc
 from typing import ClassVar
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -27,10 +26,12 @@ from ..families import (
     AbstractVariational,
     DenseGaussianVariational,
     DiagonalGaussianVariational,
+    JointView,
     Marginals,
     SiteStatistics,
     WhitenedGaussianVariational,
 )
+from ..families.views import over_latents
 from ..likelihoods import AbstractLikelihood
 from ..likelihoods.expectations import expected_log_prob
 
@@ -42,6 +43,16 @@ def check_family(family: str) -> str:
     if family not in FAMILIES:
         raise ValueError(f"`family` must be one of {FAMILIES}, got {family!r}.")
     return family
+
+
+def check_latents(prior, likelihood) -> None:
+    """Raise if a prior made for a number of latent functions does not match the likelihood."""
+    count = getattr(prior, "num_latent", None)
+    if count is not None and count != likelihood.num_latent:
+        raise ValueError(
+            f"The prior is for {count} latent functions but the likelihood has "
+            f"{likelihood.num_latent}."
+        )
 
 
 class AbstractModel(eqx.Module):
@@ -64,8 +75,8 @@ class AbstractModel(eqx.Module):
         """The latent at new inputs in whitened coordinates."""
 
     @abc.abstractmethod
-    def latent_coordinates(self) -> tuple[Array, Array]:
-        """`(o, L)`: the model's natural coordinates are `o + L v` (see `posterior`)."""
+    def latent_coordinates(self) -> JointView:
+        """The model's natural coordinates as `o + L v` (a `JointView`; see `posterior`)."""
 
     @abc.abstractmethod
     def num_coordinates(self) -> int:
@@ -88,7 +99,7 @@ class AbstractModel(eqx.Module):
         diagonal `(C, D)`), unscaled."""
         view = self.whitened_view(batch)
         grads, hessians = view.from_points(statistics.grad), view.from_points(statistics.hess)
-        return jax.vmap(lambda g, h: view.pullback(g, h, diagonal))(grads, hessians)
+        return over_latents(lambda v, g, h: v.pullback(g, h, diagonal), view, grads, hessians)
 
     def site_view(self, batch: Data | None):
         raise TypeError(
@@ -164,6 +175,18 @@ class AbstractModel(eqx.Module):
     def expected_log_likelihood(self, y, marginals: Marginals) -> Float[Array, " B"]:
         """`E_q[log p(y_b | f_b)]` per point: closed form or quadrature, never sampled."""
         return expected_log_prob(self.likelihood, y, marginals)
+
+    def elbo_error(self, q: AbstractVariational, batch: Data | None = None) -> Float[Array, ""]:
+        """The standard error of `elbo(q, batch)` from Monte Carlo expectations (0 when every
+        expectation is exact): `scale * sqrt(sum_b se_b^2)` over the points' independent
+        estimates."""
+        marginals, _ = self.latent_marginals_and_kl(q, batch)
+        error = getattr(self.likelihood, "expected_log_prob_error", None)
+        if error is None:
+            return jnp.zeros((), self.dtype)
+        y = self.targets(batch)
+        per_point = error(y, marginals.mean, marginals.variance)
+        return self.batch_scale(batch) * jnp.sqrt(jnp.sum(per_point**2))
 
     def elbo(self, q: AbstractVariational, batch: Data | None = None) -> Float[Array, ""]:
         """`sum_i E_q[log p(y_i | f_i)] - KL(q || p)`, exact (closed form or quadrature);

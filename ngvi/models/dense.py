@@ -8,7 +8,7 @@ from .._data import Data, as_inputs, prepare_data
 from ..families import SiteGaussianVariational
 from ..likelihoods import AbstractLikelihood
 from ..priors import AbstractPrior, GaussianPrior
-from .base import AbstractModel, check_family
+from .base import AbstractModel, check_family, check_latents
 
 
 class Model(AbstractModel):
@@ -56,6 +56,7 @@ class Model(AbstractModel):
         if not isinstance(prior, AbstractPrior):
             raise TypeError(f"`prior` must be a GPPrior or a GaussianPrior, got {type(prior)}.")
         self.family = check_family(family)
+        check_latents(prior, likelihood)
         self.data = prepare_data(likelihood, X, y)
         if isinstance(prior, GaussianPrior) and as_inputs(X).shape[1] != prior.dim:
             raise ValueError(
@@ -109,7 +110,7 @@ class Model(AbstractModel):
         that its rounding calls for. `fit` asks before it starts (one Cholesky of the prior
         covariance): the site form would otherwise evaluate a finite, wrong ELBO under an
         indefinite kernel matrix."""
-        _, factor = self.latent_coordinates()
+        factor = self.latent_coordinates().design
         if bool(jnp.all(jnp.isfinite(factor))):
             return ""
         dtype = factor.dtype

@@ -127,7 +127,7 @@ class ParametricModel(AbstractModel):
         )
 
     def latent_coordinates(self):
-        return self.prior.mean, self.prior.cholesky()
+        return JointView(self.prior.mean, self.prior.cholesky())
 
     def num_coordinates(self):
         return self.prior.dim

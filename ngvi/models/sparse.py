@@ -1,16 +1,16 @@
 """`SparseModel`: a GP through `M` inducing values, fitted by full-batch or minibatch steps."""
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
 from .._data import Data, as_inputs, prepare_data
+from ..families.views import over_latents
 from ..likelihoods import AbstractLikelihood
 from ..parameters import learnable
 from ..priors import GPPrior
-from .base import AbstractModel, check_family
+from .base import AbstractModel, check_family, check_latents
 from .chunks import chunked_rows, chunked_sum
 from .inducing import kmeans_inducing
 
@@ -70,6 +70,7 @@ class SparseModel(AbstractModel):
             raise TypeError(f"`prior` must be a GPPrior, got {type(prior).__name__}.")
         if not isinstance(likelihood, AbstractLikelihood):
             raise TypeError(f"`likelihood` must be an AbstractLikelihood, got {type(likelihood)}.")
+        check_latents(prior, likelihood)
         self.data = prepare_data(likelihood, X, y)
         self.inducing = jnp.asarray(_inducing_inputs(inducing, X, seed), self.data.X.dtype)
         if self.inducing.shape[1] != self.data.X.shape[1]:
@@ -89,7 +90,7 @@ class SparseModel(AbstractModel):
         return self.inducing.shape[0]
 
     def _factor(self) -> Float[Array, "M M"]:
-        return jnp.linalg.cholesky(self.prior.covariance(self.inducing))
+        return self.prior.factor(self.inducing)
 
     def _view(self, factor, X):
         return self.prior.conditional_view(self.inducing, factor, X)
@@ -101,7 +102,7 @@ class SparseModel(AbstractModel):
         return self._view(self._factor(), X_new)
 
     def latent_coordinates(self):
-        return self.prior.mean_vector(self.inducing), self._factor()
+        return self.prior.latent_coordinates(self.inducing)
 
     def num_coordinates(self):
         return self.num_inducing
@@ -122,7 +123,7 @@ class SparseModel(AbstractModel):
             view = self._view(factor, X)
             grads = view.from_points(grad * weight[:, None])
             hessians = view.from_points(hess * weight[:, None])
-            return jax.vmap(lambda g, h: view.pullback(g, h, diagonal))(grads, hessians)
+            return over_latents(lambda v, g, h: v.pullback(g, h, diagonal), view, grads, hessians)
 
         chunks = (rows.X, statistics.grad, statistics.hess)
         return chunked_sum(one_chunk, chunks, self.chunk_size)

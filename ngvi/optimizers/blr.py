@@ -82,6 +82,15 @@ class BLR(AbstractNaturalStep):
         self.psd_correction = bool(psd_correction)
         self.max_backoffs = int(max_backoffs)
 
+    def init(self, model, q):
+        if not model.likelihood.differentiable:
+            raise ValueError(
+                f"{type(model.likelihood).__name__}'s log-likelihood is piecewise constant in f, "
+                "so Monte Carlo gradients and Hessians at samples are zero and BLR would not "
+                "move; use NaturalGradient, whose expectations are exact (quadrature)."
+            )
+        return super().init(model, q)
+
     @property
     def smoothing(self) -> int:
         return 1 if self.delta else 10

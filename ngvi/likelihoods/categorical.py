@@ -1,0 +1,140 @@
+r"""Multi-class likelihoods: softmax and robust-max, labels $y \in \{0, \dots, C-1\}$."""
+
+from typing import ClassVar
+
+import distrax
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.scipy.special import log_ndtr
+from jaxtyping import Array, ArrayLike
+
+from .._validation import check_finite
+from ..quadrature import _hermite_rule
+from .multi import AbstractMultiLatentLikelihood, Matrix
+
+
+def _class_labels(y: ArrayLike, num_classes: int, name: str) -> np.ndarray:
+    y = check_finite(y, "y")
+    flat = y.ravel()
+    bad = np.flatnonzero((flat < 0) | (flat >= num_classes) | (flat != np.round(flat)))
+    if bad.size:
+        raise ValueError(
+            f"{name} labels must be integers 0..{num_classes - 1}; found {flat[bad[0]]:g} at "
+            f"index {int(bad[0])}."
+        )
+    return y
+
+
+class _Categorical(AbstractMultiLatentLikelihood):
+    num_classes: int = eqx.field(static=True)
+
+    def __check_init__(self):
+        if self.num_classes < 2:
+            raise ValueError(f"`num_classes` must be at least 2, got {self.num_classes}.")
+
+    @property
+    def num_latent(self) -> int:
+        return self.num_classes
+
+    def prepare_targets(self, y: ArrayLike) -> np.ndarray:
+        return _class_labels(y, self.num_classes, type(self).__name__)
+
+    def predictive_moments(self, mean: Matrix, variance: Matrix) -> tuple[Matrix, Matrix]:
+        """Class probabilities `(m, C)` (each row sums to 1) and their Bernoulli variances."""
+        probabilities = self.class_probabilities(mean, variance)
+        return probabilities, probabilities * (1.0 - probabilities)
+
+
+class Softmax(_Categorical):
+    r"""$\log p(y \mid f) = f_y - \log \sum_c e^{f_c}$ over `num_classes` latent functions.
+
+    Its expectations have no closed form: `E[log p]`, `E[g] = E[e_y - \pi(f)]` and the diagonal
+    curvature `E[-\pi_c (1 - \pi_c)]` are Monte Carlo averages with common random numbers
+    (`num_mc_samples`, `mc_seed`); `fit` reports the ELBO's standard error. Predictive class
+    probabilities `E[\pi(f)]` use `4 num_mc_samples` draws.
+    """
+
+    def log_prob(self, f: ArrayLike, y: ArrayLike) -> Array:
+        f = jnp.asarray(f)
+        index = jnp.asarray(y).astype(jnp.int32)[..., None]
+        picked = jnp.take_along_axis(f, index, axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(f, axis=-1)
+
+    def derivatives(self, f: Matrix, y: ArrayLike):
+        probabilities = jax.nn.softmax(f, axis=-1)
+        onehot = jax.nn.one_hot(jnp.asarray(y).astype(jnp.int32), self.num_classes, dtype=f.dtype)
+        return self.log_prob(f, y), onehot - probabilities, -probabilities * (1 - probabilities)
+
+    def class_probabilities(self, mean: Matrix, variance: Matrix) -> Matrix:
+        noise = jax.random.normal(
+            jax.random.PRNGKey(self.mc_seed), (4 * self.num_mc_samples,) + mean.shape, mean.dtype
+        )
+        samples = mean[None] + jnp.sqrt(jnp.maximum(variance, 0.0))[None] * noise
+        return jnp.mean(jax.nn.softmax(samples, axis=-1), axis=0)
+
+    def distribution(self, f: ArrayLike) -> distrax.Distribution:
+        return distrax.Categorical(logits=f)
+
+
+class RobustMax(_Categorical):
+    r"""The robust-max likelihood (Girolami & Rogers 2006; Hernandez-Lobato et al. 2011):
+
+    $$p(y \mid f) = 1 - \epsilon \text{ if } y = \arg\max_c f_c, \quad
+    \frac{\epsilon}{C - 1} \text{ otherwise},$$
+
+    which tolerates a share `epsilon` of mislabelled points. Its expectation is exact up to a
+    1-D Gauss-Hermite quadrature of the probability that class $y$ wins:
+
+    $$P(y = \arg\max f) = \mathbb{E}_{x \sim \mathcal N(0, 1)}
+    \Big[\prod_{c \ne y} \Phi\Big(\frac{m_y + \sqrt{v_y} x - m_c}{\sqrt{v_c}}\Big)\Big],$$
+
+    $\mathbb{E}_q[\log p] = P \log(1 - \epsilon) + (1 - P)\log\frac{\epsilon}{C-1}$; its
+    gradient and curvature follow by autodiff.
+    """
+
+    epsilon: float = eqx.field(default=1e-3, static=True)
+    differentiable: ClassVar[bool] = False  # piecewise constant: zero gradients at samples
+
+    def __check_init__(self):
+        super().__check_init__()
+        if not 0.0 < self.epsilon < 1.0:
+            raise ValueError(f"`epsilon` must be in (0, 1), got {self.epsilon}.")
+
+    def _logs(self):
+        return jnp.log1p(-self.epsilon), jnp.log(self.epsilon / (self.num_classes - 1))
+
+    def log_prob(self, f: ArrayLike, y: ArrayLike) -> Array:
+        hit, miss = self._logs()
+        wins = jnp.argmax(f, axis=-1) == jnp.asarray(y).astype(jnp.int32)
+        return jnp.where(wins, hit, miss)
+
+    def winning_probability(self, y, mean: Matrix, variance: Matrix) -> Array:
+        """`P(argmax f = y_i)` per point, by Gauss-Hermite quadrature over `f_y`."""
+        nodes, weights = _hermite_rule(self.num_quadrature_points)
+        nodes, weights = jnp.asarray(nodes, mean.dtype), jnp.asarray(weights, mean.dtype)
+        tiny = jnp.finfo(mean.dtype).tiny ** 0.5
+        std = jnp.sqrt(jnp.maximum(variance, tiny))
+        labels = jnp.asarray(y).astype(jnp.int32)
+        onehot = jax.nn.one_hot(labels, self.num_classes, dtype=mean.dtype)
+        m_y = jnp.sum(mean * onehot, axis=-1)
+        s_y = jnp.sum(std * onehot, axis=-1)
+        f_y = m_y[:, None] + s_y[:, None] * nodes[None, :]  # (n, Q)
+        z = (f_y[:, None, :] - mean[:, :, None]) / std[:, :, None]  # (n, C, Q)
+        others = jnp.sum(log_ndtr(z) * (1.0 - onehot)[:, :, None], axis=1)  # (n, Q)
+        return jnp.exp(others) @ weights
+
+    def expected_log_prob(self, y, mean: Matrix, variance: Matrix) -> Array:
+        hit, miss = self._logs()
+        probability = self.winning_probability(y, mean, variance)
+        return probability * hit + (1.0 - probability) * miss
+
+    def class_probabilities(self, mean: Matrix, variance: Matrix) -> Matrix:
+        classes = jnp.arange(self.num_classes)
+        wins = jax.vmap(
+            lambda c: self.winning_probability(jnp.full(mean.shape[0], c), mean, variance)
+        )(classes).T
+        wins = wins / jnp.sum(wins, axis=1, keepdims=True)
+        spread = self.epsilon / (self.num_classes - 1)
+        return (1.0 - self.epsilon) * wins + spread * (1.0 - wins)
