@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow bench bench-real docs lint clean
+.PHONY: demo test test-slow bench bench-sparse bench-real bench-scale-out docs lint clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,16 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_natural_gradient.py
 
+# Sparse GPs: banana-5300 against GPJax 1.0 (run in its own venv), skin, a 10^6 x 8 problem;
+# rewrites the sparse section of benchmarks/README.md.
+PEERS := benchmarks/.venv-peers
+$(PEERS)/bin/python:
+	$(PYTHON) -m venv $(PEERS) && $(PEERS)/bin/pip install --quiet gpjax==1.0.0 -e . \
+		|| { rm -rf $(PEERS); exit 1; }
+
+bench-sparse: $(VENV)/.installed $(PEERS)/bin/python
+	$(BIN)/python benchmarks/bench_sparse.py
+
 test-slow: $(VENV)/.installed
 	$(BIN)/python -m pytest -q -n auto -m slow
 
@@ -33,6 +43,10 @@ docs: $(VENV)/.installed
 bench-real: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[sklearn]"
 	$(BIN)/python benchmarks/bench_real_data.py
+
+# Steps per second of the sharded sparse fit at 1, 2 and 4 emulated CPU devices.
+bench-scale-out: $(VENV)/.installed
+	$(BIN)/python benchmarks/bench_scale_out.py
 
 lint: $(VENV)/.installed
 	$(BIN)/pip install --quiet ruff

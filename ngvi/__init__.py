@@ -56,6 +56,7 @@ from .priors import (
     GaussianPrior as GaussianPrior,
     GPPrior as GPPrior,
 )
+from .streaming import Stream as Stream
 
 try:
     __version__ = importlib.metadata.version("ngvi")

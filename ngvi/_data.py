@@ -1,10 +1,12 @@
 """The data a model is fitted to, and the host-side checks that run before any compilation."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
+from ._sharding import RowSharding, local_row_blocks
 from ._validation import check_finite
 
 
@@ -49,7 +51,55 @@ def prepare_data(likelihood, X, y) -> Data:
     """Check `X` and `y` on the host and return them as a `Data` in the default float dtype.
 
     `y` is checked by `likelihood.prepare_targets` (its support: labels, counts, ...).
+
+    **Raises:** `ValueError` naming the problem, and for `X` split by rows over devices (only
+    `ngvi.SparseModel` takes sharded data: see `prepare_sharded_data`).
     """
+    if RowSharding.of(X) is not None:
+        raise ValueError(
+            "`X` is sharded over devices, but this model holds every data point on one device "
+            "(a dense GP factorises K(X, X)); use `ngvi.SparseModel` for sharded data."
+        )
+    inputs, targets = _checked(likelihood, X, y)
+    dtype = jnp.zeros(()).dtype
+    return Data(jnp.asarray(inputs, dtype), jnp.asarray(targets, dtype))
+
+
+def prepare_sharded_data(likelihood, X, y, sharding) -> Data:
+    """`prepare_data` for `X` split by rows over devices (a `RowSharding`): each process checks
+    the rows it holds and places them back where they were, so no host ever holds all of the
+    data. `y` may be sharded the same way, or (in a single process) a host array."""
+    if X.ndim != 2:
+        raise ValueError(f"Sharded `X` must have shape (n, d); got shape {X.shape}.")
+    count, shards = X.shape[0], sharding.num_shards
+    if count % shards:
+        raise ValueError(
+            f"`X` has {count} rows, which do not split evenly over {shards} devices: drop or "
+            f"pad to a multiple of {shards} rows."
+        )
+    y = jnp.asarray(y) if not isinstance(y, jax.Array) else y
+    if y.shape[:1] != (count,):
+        raise ValueError(f"`X` has {count} rows but `y` has shape {y.shape}.")
+    y = jax.device_put(y, X.sharding)  # a no-op when y is already laid out like X
+    dtype = jnp.zeros(()).dtype
+    x_pieces, y_pieces = [], []
+    for (device, rows, x_local), (_, _, y_local) in zip(
+        local_row_blocks(X), local_row_blocks(y), strict=True
+    ):
+        try:
+            inputs, targets = _checked(likelihood, x_local, y_local)
+        except ValueError as error:
+            raise ValueError(
+                f"In rows {rows.start}:{rows.stop} of the sharded data: {error}"
+            ) from None
+        x_pieces.append((device, inputs.astype(dtype)))
+        y_pieces.append((device, np.asarray(targets, dtype)))
+    return Data(
+        sharding.assemble((count, X.shape[1]), x_pieces), sharding.assemble((count,), y_pieces)
+    )
+
+
+def _checked(likelihood, X, y) -> tuple[np.ndarray, np.ndarray]:
     inputs = as_inputs(X)
     targets = check_finite(y, "y")
     if targets.ndim == 2 and targets.shape[1] == 1:
@@ -61,6 +111,4 @@ def prepare_data(likelihood, X, y) -> Data:
             f"`X` and `y` must have the same number of rows; got X with {inputs.shape[0]} "
             f"and y with {targets.shape[0]}."
         )
-    targets = likelihood.prepare_targets(targets)
-    dtype = jnp.zeros(()).dtype
-    return Data(jnp.asarray(inputs, dtype), jnp.asarray(targets, dtype))
+    return inputs, likelihood.prepare_targets(targets)

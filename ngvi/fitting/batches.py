@@ -28,8 +28,8 @@ class Minibatches(eqx.Module):
             )
         return jnp.arange(num_points, dtype=jnp.int32), jnp.asarray(num_points, jnp.int32)
 
-    def next(self, data: Data, state, key: PRNGKeyArray) -> tuple[Data, tuple]:
-        """The next batch and the new state."""
+    def next(self, state, key: PRNGKeyArray) -> tuple[Int[Array, " B"], tuple]:
+        """The row indices of the next batch and the new state."""
         order, position = state
         num_points = order.shape[0]
         new_epoch = position + self.batch_size > num_points
@@ -40,4 +40,18 @@ class Minibatches(eqx.Module):
         )
         position = jnp.where(new_epoch, 0, position)
         indices = jax.lax.dynamic_slice(order, (position,), (self.batch_size,))
-        return data[indices], (order, position + self.batch_size)
+        return indices, (order, position + self.batch_size)
+
+    def draw(self, model, state, key: PRNGKeyArray) -> tuple[Data, tuple]:
+        """The next batch of `model`'s rows and the new state."""
+        indices, state = self.next(state, key)
+        return model.batch(indices), state
+
+
+class StreamedBatches(eqx.Module):
+    """Batches that come from outside the compiled loop (`ngvi.Stream`): the state is the
+    current batch, which the fit replaces before each step."""
+
+    def draw(self, model, state: Data, key: PRNGKeyArray) -> tuple[Data, Data]:
+        del model, key
+        return state, state

@@ -14,7 +14,8 @@ from ..families import AbstractVariational
 from ..hyperparameters import LearnHyperparameters, has_learnable
 from ..models import AbstractModel
 from ..optimizers.base import AbstractOptimizer, StepInfo
-from .batches import Minibatches
+from ..streaming import Feeder, Stream, check_stream, placeholder_batch
+from .batches import Minibatches, StreamedBatches
 from .diagnosis import describe_failure
 from .loop import Carry, Loop, run_chunk
 from .outcome import FitOutcome
@@ -30,6 +31,7 @@ def fit(
     key: PRNGKeyArray | None = None,
     tol: float = 1e-9,
     batch_size: int | None = None,
+    data: Stream | None = None,
     learn: LearnHyperparameters | None = None,
     progress: bool = True,
     throw: bool = True,
@@ -55,6 +57,8 @@ def fit(
     - `key`: PRNG key for minibatches and stochastic strategies (default `PRNGKey(0)`).
     - `tol`: relative ELBO tolerance for convergence (`0` disables early stopping).
     - `batch_size`: draw batches of this many points (scaled by `N / B`); `None`: all data.
+    - `data`: a `ngvi.Stream` of host rows for a model without data (then `batch_size` is
+      required); the batches are those an in-memory fit with the same key would draw.
     - `learn`: a `LearnHyperparameters`, or `None` to keep the hyperparameters fixed.
     - `progress`: show a progress bar (it appears once a fit has run for three seconds).
     - `throw`: raise `RuntimeError` if the fit failed (NaN/inf) instead of returning.
@@ -70,20 +74,28 @@ def fit(
     ```
     """
     _check_arguments(model, optimizer, num_steps, tol, batch_size, learn)
+    check_stream(model, data, batch_size)
     num_steps = int(num_steps)
     q = model.init_variational(optimizer.form) if q is None else _checked_q(model, optimizer, q)
     q, state = optimizer.init(model, q)
     prior_problem = model.diagnose(q)  # a family may give a finite ELBO under an invalid prior
     if prior_problem:
         raise ValueError(prior_problem)
-    initial_elbo = _elbo(model, q)
+    initial_elbo, _ = _full_elbo(model, q, data)
     if not bool(jnp.isfinite(initial_elbo)):
         raise ValueError(
-            f"The starting ELBO is {float(initial_elbo)}. " + describe_failure(model, q)
+            f"The starting ELBO is {float(initial_elbo)}. " + _describe(model, q, data)
         )
-    loop, carry = _start(model, optimizer, q, state, num_steps, key, batch_size, learn)
-    carry = _run(loop, carry, num_steps, jnp.asarray(tol, model.dtype), progress)
-    return _finish(loop, carry, initial_elbo, throw)
+    loop, carry = _start(model, optimizer, q, state, num_steps, key, batch_size, learn, data)
+    feeder = (
+        None if data is None else Feeder(data, model, Minibatches(batch_size), carry.key, num_steps)
+    )
+    try:
+        carry = _run(loop, carry, num_steps, jnp.asarray(tol, model.dtype), progress, feeder)
+    finally:
+        if feeder is not None:
+            feeder.close()
+    return _finish(loop, carry, initial_elbo, throw, data)
 
 
 def _check_arguments(model, optimizer, num_steps, tol, batch_size, learn) -> None:
@@ -101,6 +113,11 @@ def _check_arguments(model, optimizer, num_steps, tol, batch_size, learn) -> Non
         if not model.supports_minibatch:
             model.whitened_view(model.data[:1])  # raises the model's own explanation
             raise ValueError(f"{type(model).__name__} does not support minibatches.")
+        if batch_size % model.row_shards:
+            raise ValueError(
+                f"`batch_size` ({batch_size}) must be a multiple of the {model.row_shards} "
+                "devices the data is sharded over, so each device takes the same share."
+            )
     if learn is not None and not isinstance(learn, LearnHyperparameters):
         raise TypeError(f"`learn` must be a LearnHyperparameters or None, got {type(learn)}.")
 
@@ -127,7 +144,7 @@ def _checked_q(model, optimizer, q):
     return q
 
 
-def _start(model, optimizer, q, state, num_steps, key, batch_size, learn):
+def _start(model, optimizer, q, state, num_steps, key, batch_size, learn, data):
     learned, learned_state, fixed = None, None, model
     if learn is not None:
         learned, fixed = learn.partition(model)
@@ -136,8 +153,13 @@ def _start(model, optimizer, q, state, num_steps, key, batch_size, learn):
         else:  # nothing selected: the plain loop
             learn, learned, fixed = None, None, model
     minibatches = None if batch_size is None else Minibatches(int(batch_size))
+    batches = None if minibatches is None else minibatches.init(model.num_data)
+    if data is not None:  # the state is the current batch, which `_run` feeds
+        minibatches, batches = StreamedBatches(), placeholder_batch(model, data, batch_size)
     loop = Loop(fixed, optimizer, learn, minibatches)
-    dtype, length = model.dtype, int(num_steps) + 1
+    # History buffers of a power-of-two length (at least 64): fits with different step
+    # budgets share one compiled loop instead of compiling once per `num_steps`.
+    dtype, length = model.dtype, max(64, 1 << int(num_steps).bit_length())
     history = StepInfo(
         elbo=jnp.full(length, jnp.nan, dtype),
         step_size=jnp.zeros(length, dtype),
@@ -151,7 +173,7 @@ def _start(model, optimizer, q, state, num_steps, key, batch_size, learn):
         learned=learned,
         learned_state=learned_state,
         previous=(q, learned, learned_state),
-        batches=None if minibatches is None else minibatches.init(model.num_data),
+        batches=batches,
         # A strongly typed 0: a weak one comes back from the while_loop strongly typed, and
         # the next chunk would then recompile.
         step=jnp.asarray(0, dtype=jnp.result_type(int)),
@@ -162,15 +184,19 @@ def _start(model, optimizer, q, state, num_steps, key, batch_size, learn):
     return loop, carry
 
 
-def _run(loop: Loop, carry: Carry, num_steps: int, tol, progress: bool) -> Carry:
+def _run(loop: Loop, carry: Carry, num_steps: int, tol, progress: bool, feeder=None) -> Carry:
     """Run the compiled loop in chunks sized to take about half a second each, so that the
     progress bar moves and Ctrl-C is answered within about a second: the interrupted fit
-    returns the last completed chunk's state with the `interrupted` outcome."""
+    returns the last completed chunk's state with the `interrupted` outcome. A streamed fit
+    (`feeder`) runs one step per chunk, each on the next batch the feeder has read."""
     chunk, target_seconds = 1, 0.5
     with tqdm(total=num_steps, disable=not progress, delay=3.0, desc="ngvi.fit") as bar:
         try:
             while int(carry.step) < num_steps and carry.outcome == FitOutcome.max_steps:
                 before, start = int(carry.step), time.perf_counter()
+                if feeder is not None:
+                    chunk = 1
+                    carry = eqx.tree_at(lambda c: c.batches, carry, feeder.next())
                 stop_at = jnp.asarray(min(before + chunk, num_steps))
                 carry = run_chunk(loop, carry, stop_at, tol)
                 done = int(carry.step) - before
@@ -196,15 +222,28 @@ def _elbo_error(model, q):
     return model.elbo_error(q)
 
 
-def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool) -> FitResult:
+def _full_elbo(model, q, data):
+    """The full-data ELBO of `q` and its Monte Carlo standard error."""
+    if data is None:
+        return _elbo(model, q), _elbo_error(model, q)
+    return data.elbo(model, q)
+
+
+def _describe(model, q, data) -> str:
+    if data is None:
+        return describe_failure(model, q)
+    return model.diagnose(q) or "Check the streamed targets and the likelihood's `log_prob`."
+
+
+def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool, data=None) -> FitResult:
     steps = int(carry.step)
     model = loop.full_model(carry.learned)
-    final_elbo = _elbo(model, carry.q)
+    final_elbo, error = _full_elbo(model, carry.q, data)
     outcome = carry.outcome
     message = FitOutcome[outcome]
     if outcome == FitOutcome.failed:
         detail = (
-            f"ngvi.fit failed after {steps} steps: {message}. {describe_failure(model, carry.q)}"
+            f"ngvi.fit failed after {steps} steps: {message}. {_describe(model, carry.q, data)}"
         )
         if throw:
             raise RuntimeError(detail + " Pass `throw=False` to get the last finite posterior.")
@@ -212,5 +251,4 @@ def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool) -> FitResult:
     elif outcome in (FitOutcome.stalled, FitOutcome.schedule_ended, FitOutcome.interrupted):
         warnings.warn(f"ngvi.fit stopped after {steps} steps: {message}.", stacklevel=3)
     history = jax.tree.map(lambda buffer: buffer[:steps], carry.history)
-    error = _elbo_error(model, carry.q)
     return FitResult(carry.q, final_elbo, initial_elbo, history, steps, outcome, model, error)

@@ -25,7 +25,7 @@ class Carry(eqx.Module):
     batches: object  # the minibatch sampler's state (None for full batches)
     step: Int[Array, ""]
     outcome: FitOutcome
-    history: StepInfo  # buffers of length num_steps + 1
+    history: StepInfo  # buffers of a power-of-two length > num_steps
     key: PRNGKeyArray
 
 
@@ -46,7 +46,7 @@ class Loop(eqx.Module):
         model = self.full_model(c.learned)
         batch, batches = None, c.batches
         if self.minibatches is not None:
-            batch, batches = self.minibatches.next(model.data, c.batches, batch_key)
+            batch, batches = self.minibatches.draw(model, c.batches, batch_key)
         q, state, info = self.strategy.step(model, c.q, c.state, batch, c.step, step_key)
         learned, learned_state = c.learned, c.learned_state
         if self.learn is not None:

@@ -19,7 +19,7 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
-from jaxtyping import Array, Float
+from jaxtyping import Array, Float, Int
 
 from .._data import Data
 from ..families import (
@@ -113,6 +113,15 @@ class AbstractModel(eqx.Module):
     @property
     def num_data(self) -> int:
         return self.data.y.shape[0]
+
+    @property
+    def row_shards(self) -> int:
+        """How many devices the data rows are split over (a batch size must be a multiple)."""
+        return 1
+
+    def batch(self, indices: Int[Array, " B"]) -> Data:
+        """The rows `indices` of the data, as a batch."""
+        return self.data[indices]
 
     @property
     def num_latent(self) -> int:

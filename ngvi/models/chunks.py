@@ -54,17 +54,14 @@ def chunked_rows(fn, rows: PyTree, chunk: int) -> PyTree:
     num_rows = jax.tree_util.tree_leaves(rows)[0].shape[0]
     chunk = min(chunk, num_rows)
     starts = _starts(num_rows, chunk)
-    if starts.shape[0] == 1:
+    count = starts.shape[0]
+    if count == 1:
         return fn(rows)
-    shapes = jax.eval_shape(fn, _rows(rows, 0, chunk))
-    buffers = jax.tree.map(lambda s: jnp.zeros((num_rows,) + s.shape[1:], s.dtype), shapes)
+    outputs = jax.lax.map(lambda start: fn(_rows(rows, start, chunk)), starts)
+    overlap = count * chunk - num_rows  # rows of the last chunk an earlier one covered
 
-    def body(out, start):
-        values = fn(_rows(rows, start, chunk))
-        out = jax.tree.map(
-            lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, start, axis=0), out, values
-        )
-        return out, None
+    def assemble(out):
+        whole = out[:-1].reshape((-1,) + out.shape[2:])
+        return jnp.concatenate([whole, out[-1, overlap:]], axis=0)
 
-    out, _ = jax.lax.scan(body, buffers, starts)
-    return out
+    return jax.tree.map(assemble, outputs)

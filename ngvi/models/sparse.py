@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._data import Data, as_inputs, prepare_data
+from .._data import Data, as_inputs, prepare_data, prepare_sharded_data
+from .._sharding import RowSharding
 from ..families.views import over_latents
 from ..likelihoods import AbstractLikelihood
 from ..parameters import learnable
@@ -40,6 +41,13 @@ class SparseModel(AbstractModel):
     - `family`: `"full"` (default) or `"mean-field"`.
     - `chunk_size`: rows per chunk of a full-data pass.
     - `seed`: for choosing `Z` when `inducing` is an integer.
+    - `num_data`: for a model without data (`X = y = None`) that `fit(..., data=stream)`
+      feeds from a `ngvi.Stream`: the number of rows the stream holds.
+
+    `X` and `y` may be split by rows over devices (`jax.device_put(X, NamedSharding(mesh,
+    P("data")))`, or a global array over several processes): every pass over the rows then
+    runs on each device's own rows and one all-reduce combines them (see the "Scaling out"
+    docs page). `q`, `Z` and the hyperparameters are replicated.
 
     ```python
     model = ngvi.SparseModel(ngvi.GPPrior(kernel), ngvi.likelihoods.Probit(), X, y, inducing=256)
@@ -49,31 +57,42 @@ class SparseModel(AbstractModel):
 
     prior: GPPrior
     likelihood: AbstractLikelihood
-    data: Data
+    data: Data | None
     inducing: Float[Array, "M d"] = learnable()
     family: str = eqx.field(static=True)
     chunk_size: int = eqx.field(static=True)
+    sharding: RowSharding | None = eqx.field(static=True)
+    streamed_rows: int | None = eqx.field(static=True)
 
     def __init__(
         self,
         prior: GPPrior,
         likelihood: AbstractLikelihood,
-        X,
-        y,
+        X=None,
+        y=None,
         *,
         inducing,
         family: str = "full",
         chunk_size: int = 4096,
         seed: int = 0,
+        num_data: int | None = None,
     ):
         if not isinstance(prior, GPPrior):
             raise TypeError(f"`prior` must be a GPPrior, got {type(prior).__name__}.")
         if not isinstance(likelihood, AbstractLikelihood):
             raise TypeError(f"`likelihood` must be an AbstractLikelihood, got {type(likelihood)}.")
         check_latents(prior, likelihood)
-        self.data = prepare_data(likelihood, X, y)
-        self.inducing = jnp.asarray(_inducing_inputs(inducing, X, seed), self.data.X.dtype)
-        if self.inducing.shape[1] != self.data.X.shape[1]:
+        self.sharding = RowSharding.of(X)
+        self.streamed_rows = _streamed_rows(X, y, num_data)
+        if self.streamed_rows is not None:
+            self.data = None
+        elif self.sharding is None:
+            self.data = prepare_data(likelihood, X, y)
+        else:
+            self.data = prepare_sharded_data(likelihood, X, y, self.sharding)
+        dtype = jnp.zeros(()).dtype
+        self.inducing = jnp.asarray(_inducing_inputs(inducing, X, seed), dtype)
+        if self.data is not None and self.inducing.shape[1] != self.data.X.shape[1]:
             raise ValueError(
                 f"The inducing inputs have {self.inducing.shape[1]} columns but `X` has "
                 f"{self.data.X.shape[1]}."
@@ -86,6 +105,22 @@ class SparseModel(AbstractModel):
         self.chunk_size = int(chunk_size)
 
     @property
+    def num_data(self) -> int:
+        return self.data.num_points if self.streamed_rows is None else self.streamed_rows
+
+    @property
+    def dtype(self):
+        return self.inducing.dtype
+
+    def _rows(self, batch: Data | None) -> Data:
+        if batch is None and self.data is None:
+            raise ValueError(
+                "This SparseModel holds no data (it was made for a streamed fit): pass a batch, "
+                "or use `ngvi.fit(..., data=stream)` and `ngvi.Stream.elbo`."
+            )
+        return self.data if batch is None else batch
+
+    @property
     def num_inducing(self) -> int:
         return self.inducing.shape[0]
 
@@ -96,7 +131,7 @@ class SparseModel(AbstractModel):
         return self.prior.conditional_view(self.inducing, factor, X)
 
     def whitened_view(self, batch):
-        return self.whitened_view_at((self.data if batch is None else batch).X)
+        return self.whitened_view_at(self._rows(batch).X)
 
     def whitened_view_at(self, X_new):
         return self._view(self._factor(), X_new)
@@ -108,14 +143,17 @@ class SparseModel(AbstractModel):
         return self.num_inducing
 
     def whitened_marginals(self, q, batch):
-        return self.whitened_marginals_at(q, (self.data if batch is None else batch).X)
+        rows = self._rows(batch).X
+        if self.sharding is None:
+            return self.whitened_marginals_at(q, rows)
+        return self.sharding.map_rows(lambda X: self.whitened_marginals_at(q, X), rows)
 
     def whitened_marginals_at(self, q, X_new):
         factor = self._factor()
         return chunked_rows(lambda X: q.project(self._view(factor, X)), X_new, self.chunk_size)
 
     def pullback(self, batch, statistics, diagonal):
-        rows = self.data if batch is None else batch
+        rows = self._rows(batch)
         factor = self._factor()
 
         def one_chunk(chunk, weight):
@@ -126,7 +164,18 @@ class SparseModel(AbstractModel):
             return over_latents(lambda v, g, h: v.pullback(g, h, diagonal), view, grads, hessians)
 
         chunks = (rows.X, statistics.grad, statistics.hess)
-        return chunked_sum(one_chunk, chunks, self.chunk_size)
+        if self.sharding is None:
+            return chunked_sum(one_chunk, chunks, self.chunk_size)
+        return self.sharding.sum_rows(lambda c: chunked_sum(one_chunk, c, self.chunk_size), chunks)
+
+    @property
+    def row_shards(self) -> int:
+        return 1 if self.sharding is None else self.sharding.num_shards
+
+    def batch(self, indices):
+        if self.sharding is None:
+            return self.data[indices]
+        return self.sharding.take(self.data, indices)
 
     def diagnose(self, q) -> str:
         if bool(jnp.all(jnp.isfinite(self._factor()))):
@@ -137,9 +186,34 @@ class SparseModel(AbstractModel):
         )
 
 
+def _streamed_rows(X, y, num_data) -> int | None:
+    """`num_data` for a model without data (checked), `None` for a model with data."""
+    if X is None and y is None:
+        if num_data is None or isinstance(num_data, bool) or int(num_data) != num_data:
+            raise ValueError(
+                "A SparseModel without data (for `fit(..., data=stream)`) needs "
+                "`num_data=`, the number of rows the stream holds."
+            )
+        if num_data < 1:
+            raise ValueError(f"`num_data` must be a positive integer, got {num_data}.")
+        return int(num_data)
+    if X is None or y is None:
+        raise ValueError("Give both `X` and `y`, or neither (for a streamed fit).")
+    if num_data is not None:
+        raise ValueError("`num_data` is only for a model without data; it is len(y) here.")
+    return None
+
+
 def _inducing_inputs(inducing, X, seed: int) -> np.ndarray:
     if isinstance(inducing, (int, np.integer)) and not isinstance(inducing, bool):
         if inducing < 1:
             raise ValueError(f"`inducing` must be a positive number of points, got {inducing}.")
+        if X is None:
+            raise ValueError("A model without data needs the inducing inputs `(M, d)` themselves.")
+        if not getattr(X, "is_fully_addressable", True):
+            raise ValueError(
+                "`X` is spread over several processes, so k-means cannot see all of it: pass "
+                "the inducing inputs `(M, d)` themselves (the same on every process)."
+            )
         return kmeans_inducing(as_inputs(X), int(inducing), seed)
     return as_inputs(inducing, "inducing")
