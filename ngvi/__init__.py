@@ -3,6 +3,7 @@
 import importlib.metadata
 
 from . import (
+    _compilation_cache as _compilation_cache,  # JAX's persistent cache, opt-out (see module)
     _xla as _xla,  # sets XLA_FLAGS on import, before JAX's backend starts (see _xla.py)
     datasets as datasets,
     kernels as kernels,
