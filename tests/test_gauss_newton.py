@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import count_fit_step_traces, tutorial_data, tutorial_model
+from helpers import count_fit_step_traces, student_t_outliers_model, tutorial_data, tutorial_model
 
 import ngvi
 
@@ -98,3 +98,27 @@ def test_gauss_newton_compiles_once(logistic):
     flipped = ngvi.Model(model.prior, model.likelihood, model.X, 1.0 - model.y)
     assert count_fit_step_traces(ngvi.GaussNewton(lr=0.5), [model, model, flipped]) == 1
     assert count_fit_step_traces(ngvi.GaussNewton(), [logistic, logistic]) == 1
+
+
+@pytest.mark.parametrize("df", [1.0, 2.0])
+def test_refuses_a_student_t_without_finite_variance(df):
+    """Student-t with `df <= 2` has infinite `Var[y | f]`, so `H_GN = 0` everywhere: the step
+    has no curvature and does not converge (issue 13: the ELBO fell from -173.7 to -313.2).
+    `init` refuses it and names the strategies that use the likelihood's own curvature."""
+    model = student_t_outliers_model(df=df)
+    _, variance = model.likelihood.conditional_moments(jnp.zeros(3))
+    assert not np.any(np.isfinite(variance))  # the premise: no Gauss-Newton curvature
+    with pytest.raises(ValueError, match=r"df = [12] <= 2.*NaturalGradient.*BLR"):
+        ngvi.fit(model, ngvi.GaussNewton(lr=0.5), 5, progress=False)
+    # The named alternative reaches a better ELBO than the prior, and converges.
+    result = ngvi.fit(model, ngvi.NaturalGradient(psd_correction=True), 200, progress=False)
+    assert result.converged
+    assert float(result.elbo) > float(result.history.elbo[0]) + 10.0
+
+
+def test_accepts_a_student_t_just_above_two_degrees_of_freedom():
+    """`df > 2` has a finite variance and a (small) nonzero Gauss-Newton curvature."""
+    model = student_t_outliers_model(df=2.5)
+    result = ngvi.fit(model, ngvi.GaussNewton(lr=0.5), 300, progress=False)
+    assert result.converged
+    assert float(result.elbo) > float(result.history.elbo[0])

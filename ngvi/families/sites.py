@@ -77,6 +77,14 @@ def factorise(
         W_i Sigma_ii = d_i / (1 + d_i) - sum_{k > i} C_ki^2,   d_i = L_ii^2 - 1
         KL    = 1/2 [ a^T K a - sum_i W_i Sigma_ii ] + sum_i log L_ii
 
+    For strong sites, `W_i K_ii > 1` (Gaussian noise far below the prior variance), the two
+    terms of `a` nearly cancel (in float32 with noise `1e-6` the mean came out wrong by
+    order 1). There `lam1_i` enters through the site mean `y~_i = lam1_i / W_i`, as in exact
+    GP regression's `a = (K + W^-1)^-1 (y~ - m0)`, and the mean as `mu_i = y~_i - a_i / W_i`
+    (from `Sigma^-1 mu = K^-1 m0 + lam1`); in general, with `S` the strong points,
+
+        a = lam1_{not S} + W^1/2 B^-1 W^1/2 (y~_S - m0 - K lam1_{not S}).
+
     Every term of `W_i Sigma_ii` is proportional to `W_i` and none is formed by subtracting
     from 1, so dividing by `W_i` keeps full relative accuracy for tiny `W_i`. `W` is floored at
     `finfo.tiny^(1/4)` (it moves `Sigma` below rounding) so that `W_i = 0` needs no special
@@ -88,9 +96,16 @@ def factorise(
     sqrt_w = jnp.sqrt(site_precision)
     scaled = sqrt_w[:, None] * kernel * sqrt_w[None, :]
     cholesky_b = jnp.linalg.cholesky(jnp.eye(kernel.shape[0], dtype=dtype) + scaled)
-    rhs = sqrt_w * (prior_mean + kernel @ lam1)
-    weights = lam1 - sqrt_w * jsl.cho_solve((cholesky_b, True), rhs)
-    projected = kernel @ weights
+    # Where `W_i K_ii > 1` (strong sites: small noise) `lam1_i` enters through the site mean
+    # `lam1_i / W_i` (see the docstring); the two forms are linear in `lam1`, so each point
+    # uses its own. Dividing by 1 elsewhere keeps the unused branch's gradient finite.
+    strong = site_precision * jnp.diagonal(kernel) > 1.0
+    strong_w = jnp.where(strong, site_precision, 1.0)
+    weak_lam1 = jnp.where(strong, 0.0, lam1)
+    site_mean = jnp.where(strong, lam1, 0.0) / strong_w
+    rhs = sqrt_w * (site_mean - prior_mean - kernel @ weak_lam1)
+    weights = weak_lam1 + sqrt_w * jsl.cho_solve((cholesky_b, True), rhs)
+    projected = jnp.where(strong, site_mean - weights / strong_w - prior_mean, kernel @ weights)
     below = jnp.sum(jnp.tril(cholesky_b, -1) ** 2, axis=1)
     excess = site_precision * jnp.diagonal(kernel) - below  # d_i = L_ii^2 - 1
     # Reducing the squares of the assembled inverse (not of a fused product) keeps XLA on its

@@ -17,8 +17,10 @@ class StudentT(AbstractLikelihood):
 
     Not log-concave: $H > 0$ where $(y - f)^2 > \nu s^2$ (outliers), which is what the
     optimizers' safeguards and Gauss-Newton are for. Conditional moments
-    $(f,\ s^2 \nu / (\nu - 2))$ for $\nu > 2$ (infinite variance, hence zero Gauss-Newton
-    curvature, otherwise). Both parameters are stored by their logarithms.
+    $(f,\ s^2 \nu / (\nu - 2))$ for $\nu > 2$; for $\nu \le 2$ the variance is infinite, so
+    the Gauss-Newton curvature is zero and `ngvi.GaussNewton` refuses the likelihood (fit it
+    with `NaturalGradient(psd_correction=True)`, a `precision_floor`, or `BLR`). Both
+    parameters are stored by their logarithms.
     """
 
     log_df: Float[Array, ""] = learnable()

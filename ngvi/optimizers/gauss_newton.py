@@ -1,6 +1,9 @@
 """Natural-gradient VI with Gauss-Newton curvature."""
 
 import equinox as eqx
+import jax
+import jax.numpy as jnp
+import numpy as np
 
 from ..likelihoods.expectations import gauss_newton_statistics
 from .base import StepSize
@@ -27,6 +30,12 @@ class GaussNewton(AbstractNaturalStep):
     (e.g. probit; for canonical-link exponential families such as logit and Poisson-log
     `H_GN = H` and the fixed points coincide).
 
+    A likelihood whose conditional variance is infinite (a Student-t with `df <= 2`) has no
+    Gauss-Newton curvature (`H_GN = 0`): the step would be a bare gradient step with the prior
+    covariance as preconditioner, which does not converge. `init` refuses it with a
+    `ValueError`; use `NaturalGradient` (with `psd_correction=True` or a `precision_floor`) or
+    `BLR`. (When `df` is learned, keep it above 2 or use one of those.)
+
     With strongly non-Gaussian likelihoods (Student-t with gross outliers) `lr = 1` can
     oscillate between two points instead of converging; `lr = 0.5` settles.
 
@@ -47,7 +56,29 @@ class GaussNewton(AbstractNaturalStep):
                 f"Var[y | f]); {type(model.likelihood).__name__} does not define them. Use "
                 "NaturalGradient or BLR, or add `conditional_moments` to the likelihood."
             )
+        _check_finite_conditional_variance(model.likelihood, q.parameters[0].dtype)
         return super().init(model, q)
 
     def statistics(self, model, y, marginals, key):
         return gauss_newton_statistics(model.likelihood, y, marginals)
+
+
+def _check_finite_conditional_variance(likelihood, dtype) -> None:
+    """Refuse a likelihood whose `Var[y | f]` is infinite: its Gauss-Newton curvature is 0.
+
+    The variance is read at `f = 0` (with a traced likelihood, as under `jit`, there is nothing
+    to read and the check is skipped)."""
+    shape = (1,) if likelihood.num_latent == 1 else (1, likelihood.num_latent)
+    _, variance = likelihood.conditional_moments(jnp.zeros(shape, dtype))
+    if isinstance(variance, jax.core.Tracer) or bool(np.all(np.isfinite(variance))):
+        return
+    detail = ""
+    if hasattr(likelihood, "df"):
+        detail = f" (a Student-t with df = {float(likelihood.df):.3g} <= 2 has no finite variance)"
+    raise ValueError(
+        f"GaussNewton needs a finite conditional variance Var[y | f]; "
+        f"{type(likelihood).__name__}'s is infinite{detail}, so its Gauss-Newton curvature "
+        "-mu'(f)^2 / Var[y | f] is 0 and the step cannot converge. Use "
+        "`ngvi.NaturalGradient(psd_correction=True)` (or with a `precision_floor`) or "
+        "`ngvi.BLR`, which use the likelihood's own curvature."
+    )
