@@ -57,6 +57,7 @@ from .priors import (
     GaussianPrior as GaussianPrior,
     GPPrior as GPPrior,
 )
+from .serialisation import LoadError as LoadError, load as load, save as save
 from .streaming import Stream as Stream
 
 try:

@@ -1,9 +1,9 @@
-"""Command line: `python -m ngvi demo|fit` (and `ngvi demo|fit` once installed)."""
+"""Command line: `python -m ngvi demo|fit|predict` (and `ngvi ...` once installed)."""
 
 import argparse
 import sys
 
-from .cli import add_fit_parser
+from .cli import add_fit_parser, add_predict_parser
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -23,6 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--quick", action="store_true", help="fewer steps for the slow strategies")
     demo.set_defaults(run=_demo)
     add_fit_parser(commands)
+    add_predict_parser(commands)
     args = parser.parse_args(argv)
     return args.run(args)
 

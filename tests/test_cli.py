@@ -4,8 +4,10 @@ every optimizer, and one-line errors with exit code 2."""
 import csv
 import json
 import math
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -189,3 +191,156 @@ def test_missing_file_and_bad_options(tmp_path, capsys):
     _assert_one_line_error(capsys, "--steps")
     assert main(["fit", "--test-fraction", "1.5", "--out", str(tmp_path)]) == 2
     _assert_one_line_error(capsys, "--test-fraction")
+
+
+# -- saving, predicting, outputs that cannot be lost, large and multi-class data -------------
+
+
+def _snapshot(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_save_then_predict_reproduces_the_fit_predictions(tmp_path, capsys):
+    path = _classification_csv(tmp_path)
+    out, saved = tmp_path / "out", tmp_path / "model.ngvi"
+    assert main(["fit", path, "--steps", "10", "--out", str(out), "--save", str(saved),
+                 "--quiet", "--no-plot"]) == 0  # fmt: skip
+    predictions = tmp_path / "new.csv"
+    assert main(["predict", str(saved), path, "--out", str(predictions)]) == 0
+    with open(predictions, newline="") as handle:
+        new = list(csv.DictReader(handle))
+    rows, _ = _read_predictions(out)
+    assert [row["name"] for row in new] == [f"p{i}" for i in range(60)]  # columns copied through
+    for column in ("predictive_mean", "latent_mean", "latent_variance"):
+        np.testing.assert_allclose(
+            [float(row[column]) for row in new], [float(row[column]) for row in rows], rtol=1e-10
+        )
+    assert main(["predict", str(tmp_path / "absent.ngvi"), path]) == 2
+    err = capsys.readouterr().err
+    assert "absent.ngvi" in err and len(err.strip().splitlines()) == 1
+    assert main(["predict", str(saved), path, "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_out_is_checked_before_fitting(tmp_path, capsys):
+    path = _classification_csv(tmp_path)
+    a_file = tmp_path / "taken"
+    a_file.write_text("x")
+    assert main(["fit", path, "--out", str(a_file)]) == 2
+    _assert_one_line_error(capsys, "is a file", "taken")
+    assert main(["fit", path, "--out", str(tmp_path)]) == 2  # holds data.csv: not ours
+    _assert_one_line_error(capsys, "data.csv", "new or empty folder")
+    assert main(["fit", path, "--out", str(tmp_path / "no" / "such")]) == 2
+    _assert_one_line_error(capsys, "does not exist")
+    assert main(["fit", path, "--save", str(tmp_path)]) == 2
+    _assert_one_line_error(capsys, "--save", "is a folder")
+
+
+def test_an_interrupted_write_keeps_the_previous_results(tmp_path, monkeypatch):
+    import ngvi.cli.fit as fit_command
+
+    path = _classification_csv(tmp_path)
+    out = tmp_path / "out"
+    assert main(["fit", path, "--steps", "5", "--out", str(out), "--quiet", "--no-plot"]) == 0
+    before = _snapshot(out)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_command, "write_predictions", interrupted)
+    assert main(["fit", path, "--steps", "7", "--out", str(out), "--quiet", "--no-plot"]) == 130
+    assert _snapshot(out) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "out"]  # no staging left
+
+
+def test_bom_text_labels_and_several_classes(tmp_path):
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-3, 3, (60, 2))
+    scores = np.stack([np.sin(X[:, 0]), np.cos(X[:, 1]), 0.3 * X[:, 0] * X[:, 1]], 1)
+    names = np.array(["setosa", "versicolor", "virginica"])[np.argmax(scores, 1)]
+    path = tmp_path / "iris.csv"
+    with open(path, "w", newline="", encoding="utf-8-sig") as handle:  # with a BOM
+        writer = csv.writer(handle)
+        writer.writerow(["a", "b", "species"])
+        writer.writerows([[f"{x[0]:.6f}", f"{x[1]:.6f}", n] for x, n in zip(X, names, strict=True)])
+    out = tmp_path / "out"
+    assert main(["fit", str(path), "--target", "species", "--steps", "20", "--out", str(out),
+                 "--quiet", "--no-plot"]) == 0  # fmt: skip
+    rows, test = _read_predictions(out)
+    assert {row["species"] for row in rows} == {"setosa", "versicolor", "virginica"}
+    p = np.array(
+        [[float(r[f"p_{c}"]) for c in ("setosa", "versicolor", "virginica")] for r in test]
+    )
+    np.testing.assert_allclose(p.sum(1), 1.0, rtol=1e-10)
+    truth = np.array([["setosa", "versicolor", "virginica"].index(r["species"]) for r in test])
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["likelihood"] == "softmax"
+    np.testing.assert_allclose(
+        metrics["test_metrics"]["accuracy"], np.mean(p.argmax(1) == truth), rtol=1e-12
+    )
+    np.testing.assert_allclose(
+        metrics["test_metrics"]["nlpd"], -np.mean(np.log(p[np.arange(len(truth)), truth])), 1e-8
+    )
+    assert [r["predicted"] for r in test] == list(
+        np.array(["setosa", "versicolor", "virginica"])[p.argmax(1)]
+    )
+
+
+def test_large_data_needs_the_sparse_model(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(5200)
+    rows = [[f"{v:.5f}", int(v > 0)] for v in x]
+    path = _write_csv(tmp_path / "big.csv", ["x", "y"], rows)
+    out = tmp_path / "out"
+    assert main(["fit", path, "--test-fraction", "0.02", "--out", str(out)]) == 2
+    _assert_one_line_error(capsys, "5096 training points", "--inducing M")
+    assert main(["fit", path, "--test-fraction", "0.02", "--inducing", "8", "--batch-size",
+                 "256", "--steps", "20", "--no-learn", "--out", str(out), "--quiet",
+                 "--no-plot"]) == 0  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())["test_metrics"]
+    assert metrics["accuracy"] > 0.9
+    assert main(["fit", path, "--batch-size", "8", "--out", str(out)]) == 2
+    _assert_one_line_error(capsys, "--inducing")
+
+
+def test_no_library_warnings_in_the_output(tmp_path, capfd):
+    path = _classification_csv(tmp_path, n=30)
+    # BLR at a large step size: the fit may warn; the command reports in its own words.
+    main(["fit", path, "--steps", "3", "--optimizer", "blr", "--lr", "1.0", "--out",
+          str(tmp_path / "out"), "--quiet", "--no-plot"])  # fmt: skip
+    captured = capfd.readouterr()
+    assert "Warning" not in captured.err and "warn" not in captured.err.lower()
+
+
+def _interrupt_cli(tmp_path, sig):
+    path = _classification_csv(tmp_path)
+    out = tmp_path / "out"
+    assert main(["fit", path, "--steps", "5", "--out", str(out), "--quiet", "--no-plot"]) == 0
+    before = _snapshot(out)
+    command = [sys.executable, "-m", "ngvi", "fit", path, "--steps", "100000", "--optimizer",
+               "adam", "--lr", "1e-4", "--out", str(out), "--quiet", "--no-plot",
+               "--seed", "1"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert process.stdout.readline().startswith("ngvi fit:")  # the fit is about to start
+        time.sleep(2.0)
+        process.send_signal(sig)
+        code = process.wait(timeout=120)
+    finally:
+        process.kill()
+    after = _snapshot(out)
+    if after != before:  # only possible as a complete, consistent new set
+        metrics = json.loads(after["metrics.json"])
+        assert metrics["num_steps"] > 0 and set(after) == set(before)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "out"]
+    return code, process.stderr.read()
+
+
+@pytest.mark.slow
+def test_sigint_and_sigkill_leave_the_previous_results(tmp_path):
+    for name in ("int", "kill"):
+        (tmp_path / name).mkdir()
+    code, err = _interrupt_cli(tmp_path / "int", signal.SIGINT)
+    assert code == 130 and "interrupted" in err and "Traceback" not in err
+    code, _ = _interrupt_cli(tmp_path / "kill", signal.SIGKILL)
+    assert code == -signal.SIGKILL

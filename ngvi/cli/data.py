@@ -1,4 +1,9 @@
-"""Reading a CSV with a header row into features and a target, and splitting it."""
+"""Reading a CSV with a header row into features and a target, and splitting it.
+
+Files are read as UTF-8 with an optional byte-order mark (as spreadsheets write them), and
+every error names the file. A target column of text labels (`setosa`, `versicolor`, ...) is a
+class label column: its classes are its distinct values in sorted order.
+"""
 
 import csv
 import math
@@ -10,13 +15,15 @@ class UsageError(ValueError):
     """Bad input from the user: reported as one line on stderr with exit code 2."""
 
 
-def read_csv(path: str, target: str | None) -> tuple[np.ndarray, np.ndarray, list[str], str]:
-    """`(X, y, feature_names, target_name)` from a CSV with a header row."""
+def read_rows(path: str) -> tuple[list[str], list[list[str]]]:
+    """`(header, rows)` of a CSV file, blank rows dropped, every row as long as the header."""
     try:
-        with open(path, newline="") as handle:
+        with open(path, newline="", encoding="utf-8-sig") as handle:
             rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
     except OSError as error:
         raise UsageError(f"cannot read {path!r}: {error.strerror or error}") from None
+    except (UnicodeDecodeError, csv.Error) as error:
+        raise UsageError(f"cannot read {path!r}: not a UTF-8 CSV file ({error})") from None
     if len(rows) < 2:
         raise UsageError(f"{path!r} needs a header row and at least one data row.")
     header, body = [name.strip() for name in rows[0]], rows[1:]
@@ -25,25 +32,57 @@ def read_csv(path: str, target: str | None) -> tuple[np.ndarray, np.ndarray, lis
             raise UsageError(
                 f"{path!r} line {number} has {len(row)} fields but the header has {len(header)}."
             )
+    return header, body
+
+
+def read_csv(
+    path: str, target: str | None
+) -> tuple[np.ndarray, np.ndarray, list[str], str, list[str] | None]:
+    """`(X, y, feature_names, target_name, classes)` from a CSV with a header row.
+
+    The features are the numeric columns other than the target (text columns are skipped).
+    `classes` is `None` for a numeric target; for a column of text labels it is the sorted
+    distinct labels, and `y` holds each row's index into it."""
+    header, body = read_rows(path)
     target = header[-1] if target is None else target
     if target not in header:
         raise UsageError(f"no column {target!r} in {path!r}; the columns are {', '.join(header)}.")
     columns = {name: [row[j].strip() for row in body] for j, name in enumerate(header)}
-    y = _numeric_column(columns[target], target, strict=True)
+    classes = None
+    y = _numeric_column(columns[target], target, path, strict=False)
+    if y is None:  # text labels: classes
+        classes = sorted(set(columns[target]))
+        y = np.asarray([classes.index(value) for value in columns[target]], dtype=float)
     features, names = [], []
     for name in header:
         if name == target:
             continue
-        values = _numeric_column(columns[name], name, strict=False)
+        values = _numeric_column(columns[name], name, path, strict=False)
         if values is not None:
             features.append(values)
             names.append(name)
     if not features:
         raise UsageError(f"{path!r} has no numeric feature columns besides {target!r}.")
-    return np.stack(features, axis=1), y, names, target
+    return np.stack(features, axis=1), y, names, target, classes
 
 
-def _numeric_column(values: list[str], name: str, strict: bool) -> np.ndarray | None:
+def read_features(path: str, names: list[str]) -> tuple[np.ndarray, list[str], list[list[str]]]:
+    """`(X, header, rows)`: the columns `names` of a CSV (in that order), as numbers."""
+    header, body = read_rows(path)
+    missing = [name for name in names if name not in header]
+    if missing:
+        raise UsageError(
+            f"{path!r} has no column {', '.join(map(repr, missing))}; the model was fitted on "
+            f"{', '.join(names)}."
+        )
+    X = [
+        _numeric_column([row[header.index(name)].strip() for row in body], name, path, strict=True)
+        for name in names
+    ]
+    return np.stack(X, axis=1), header, body
+
+
+def _numeric_column(values: list[str], name: str, path: str, strict: bool) -> np.ndarray | None:
     """Parse a column; `None` for a text column (no numbers at all) unless `strict`."""
     parsed, bad = [], None
     for row, value in enumerate(values):
@@ -62,7 +101,8 @@ def _numeric_column(values: list[str], name: str, strict: bool) -> np.ndarray | 
         return None  # a text column: not a feature
     row, value = bad
     raise UsageError(
-        f"column {name!r} has a non-numeric or non-finite value {value!r} in data row {row + 1}."
+        f"{path!r}: column {name!r} has a non-numeric or non-finite value {value!r} in data "
+        f"row {row + 1}."
     )
 
 
@@ -75,6 +115,3 @@ def split(n: int, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarr
     order = np.random.default_rng(seed).permutation(n)
     num_test = min(max(1, round(test_fraction * n)), n - 1)
     return np.sort(order[num_test:]), np.sort(order[:num_test])
-
-
-# Fitting and metrics

@@ -1,24 +1,31 @@
 """`ngvi fit`: fit a GP to a CSV file from the command line and report held-out metrics.
 
-    ngvi fit data.csv --target label --likelihood probit --out results/
+    ngvi fit data.csv --target label --likelihood probit --out results/ --save model.ngvi
+    ngvi fit big.csv --inducing 256 --batch-size 1024      # the sparse model, for large N
     python -m ngvi fit            # the bundled 400-point banana classification set
 
-The CSV has a header row; the features are every other numeric column (text columns are
-skipped). Features are standardised with the training split's mean and standard deviation, a
-held-out test split is kept aside, and the model is a GP with an ARD squared-exponential kernel
-whose hyperparameters are learned (`LearnHyperparameters`) while the posterior is fitted by the
-chosen strategy. Results: metrics on stdout and in `metrics.json`, `predictions.csv` (every
-row, with its split, the predictive and the latent mean and variance) and `plot.png` in `--out`.
+The CSV has a header row (a UTF-8 byte-order mark is fine); the features are every other
+numeric column (text columns are skipped). The likelihood defaults to `auto`: softmax for a
+target of text labels or of more than two integer labels (one probability column per class in
+the predictions), probit otherwise. Features are standardised with the training split's mean
+and standard deviation, a held-out test split is kept aside, and the model is a GP with an ARD
+squared-exponential kernel whose hyperparameters are learned (`LearnHyperparameters`) while
+the posterior is fitted by the chosen strategy: dense up to 5,000 training points, sparse with
+`--inducing M`. Results: metrics on stdout and in `metrics.json`, `predictions.csv` (every row,
+with its split) and `plot.png` in `--out`, which is replaced as a whole only once every file is
+complete (Ctrl-C or a crash leaves the previous results); `--save` keeps the fitted model for
+`ngvi predict`.
 """
 
 import argparse
 import json
 import sys
-from pathlib import Path
 
 import numpy as np
 
+from . import model as models
 from .data import UsageError, read_csv, split
+from .output import check_out_file, check_out_folder, quiet, replaced_folder
 from .report import metrics, poisson_log_predictive, report, write_predictions
 
 OPTIMIZERS = {
@@ -26,12 +33,6 @@ OPTIMIZERS = {
     "adam": "Adam",
     "blr": "BLR",
     "gauss-newton": "GaussNewton",
-}
-LIKELIHOODS = {
-    "probit": "Probit",
-    "logit": "BernoulliLogit",
-    "poisson": "Poisson",
-    "gaussian": "Gaussian",
 }
 
 
@@ -45,7 +46,7 @@ def add_fit_parser(commands) -> None:
     )
     parser.add_argument("csv", nargs="?", help="CSV file with a header row (default: banana)")
     parser.add_argument("--target", help="name of the target column (default: the last column)")
-    parser.add_argument("--likelihood", choices=sorted(LIKELIHOODS), default="probit")
+    parser.add_argument("--likelihood", choices=sorted(models.LIKELIHOODS), default="auto")
     parser.add_argument(
         "--optimizer",
         choices=list(OPTIMIZERS),
@@ -66,60 +67,51 @@ def add_fit_parser(commands) -> None:
         "--no-learn", action="store_true", help="keep the kernel and noise at their initial values"
     )
     parser.add_argument(
+        "--inducing", type=int, metavar="M", help="sparse GP on M inducing points (large data)"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, metavar="B", help="minibatches of B rows (with --inducing)"
+    )
+    parser.add_argument(
         "--test-fraction", type=float, default=0.2, help="held-out share (default: 0.2)"
     )
     parser.add_argument("--seed", type=int, default=0, help="seed of the split and of the fit")
     parser.add_argument("--out", default="ngvi-fit-output", help="folder for predictions and plot")
+    parser.add_argument("--save", metavar="FILE", help="save the fitted model (for ngvi predict)")
     parser.add_argument("--no-plot", action="store_true", help="skip the plot")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.set_defaults(run=run_fit)
 
 
-def _component(name: str, kind: str):
+def _optimizer(args):
     import ngvi
 
-    component = getattr(ngvi, name, None) or getattr(ngvi.likelihoods, name, None)
-    if component is None:
-        raise UsageError(f"the {kind} {name!r} is not available in this version of ngvi.")
-    return component
-
-
-def _optimizer(args):
-    cls = _component(OPTIMIZERS[args.optimizer], "optimizer")
+    cls = getattr(ngvi, OPTIMIZERS[args.optimizer], None)
+    if cls is None:
+        raise UsageError(f"the optimizer {args.optimizer!r} is not available in this version.")
     return cls() if args.lr is None else cls(lr=args.lr)
 
 
-def _build(args, X_train, y_train):
-    """The model (on standardised inputs) and the target transform for a likelihood."""
-    import jax.numpy as jnp
-
-    import ngvi
-
-    likelihood = _component(LIKELIHOODS[args.likelihood], "likelihood")()
-    kernel = ngvi.kernels.SquaredExponential(variance=1.0, lengthscale=jnp.ones(X_train.shape[1]))
-    y_shift, y_scale, prior_mean = 0.0, 1.0, 0.0
-    if args.likelihood == "gaussian":
-        y_shift, y_scale = float(np.mean(y_train)), float(np.std(y_train)) or 1.0
-        likelihood = ngvi.likelihoods.Gaussian(variance=0.1)
-    elif args.likelihood == "poisson":
-        prior_mean = float(np.log(np.mean(y_train) + 0.5))
-    prior = ngvi.GPPrior(kernel, mean=prior_mean, jitter=1e-6)
-    model = ngvi.Model(prior, likelihood, X_train, (y_train - y_shift) / y_scale)
-    return model, y_shift, y_scale
-
-
 def run_fit(args: argparse.Namespace) -> int:
-    """The `fit` subcommand; returns the exit code (2 for bad input, 1 if the fit failed)."""
+    """The `fit` subcommand; returns the exit code (2 for bad input, 1 if the fit failed or an
+    output could not be written, 130 if interrupted)."""
     import jax
 
-    with jax.enable_x64(True):
+    with jax.enable_x64(True), quiet():
         try:
             problem = _prepare(args)
         except ValueError as error:  # UsageError, and ngvi's own input checks
-            message = " ".join(str(error).split())
-            print(f"ngvi fit: error: {message}", file=sys.stderr)
+            print(f"ngvi fit: error: {' '.join(str(error).split())}", file=sys.stderr)
             return 2
-        return _fit_and_report(args, problem)
+        try:
+            return _fit_and_report(args, problem)
+        except KeyboardInterrupt:
+            print(f"ngvi fit: interrupted; {args.out!r} is unchanged.", file=sys.stderr)
+            return 130
+        except OSError as error:
+            where = error.filename or args.out
+            print(f"ngvi fit: error: cannot write {where!r}: {error.strerror}", file=sys.stderr)
+            return 1
 
 
 def _prepare(args) -> dict:
@@ -132,34 +124,49 @@ def _prepare(args) -> dict:
         raise UsageError(f"--hyper-lr must be positive, got {args.hyper_lr}.")
     if args.csv is None:
         X, y = ngvi.datasets.banana()
-        names, target, source = ["x1", "x2"], args.target or "y", "bundled banana data"
+        names, target, source, classes = (
+            ["x1", "x2"],
+            args.target or "y",
+            "bundled banana data",
+            None,
+        )
     else:
-        X, y, names, target = read_csv(args.csv, args.target)
+        X, y, names, target, classes = read_csv(args.csv, args.target)
         source = args.csv
+    args.likelihood = kind = models.resolve_likelihood(args.likelihood, y, classes)
     train, test = split(len(y), args.test_fraction, args.seed)
     centre, spread = X[train].mean(axis=0), X[train].std(axis=0)
     spread = np.where(spread > 0, spread, 1.0)
-    likelihood = _component(LIKELIHOODS[args.likelihood], "likelihood")()
+    if kind == "softmax":
+        y, classes = models.class_labels(y, classes)
     try:
-        labels = np.asarray(likelihood.prepare_targets(y), dtype=float)
+        labels = np.asarray(models.likelihood(kind, max(2, len(classes or ()))).prepare_targets(y))
     except ValueError as error:
-        raise UsageError(f"target column {target!r}: {error}") from None
-    model, y_shift, y_scale = _build(args, (X[train] - centre) / spread, labels[train])
-    return {
-        "X": X,
-        "labels": labels,
+        hint = (
+            " (for more than two classes use --likelihood softmax)"
+            if kind in ("probit", "logit") and np.unique(y).size > 2
+            else ""
+        )
+        raise UsageError(f"target column {target!r}: {error}{hint}") from None
+    labels = labels.astype(float)
+    out = check_out_folder(args.out)
+    save = None if args.save is None else check_out_file(args.save, "--save")
+    model, y_shift, y_scale = models.build(
+        args, kind, (X[train] - centre) / spread, labels[train], len(classes or ())
+    )
+    meta = {
         "names": names,
         "target": target,
-        "source": source,
-        "train": train,
-        "test": test,
-        "centre": centre,
-        "spread": spread,
-        "model": model,
+        "likelihood": kind,
+        "classes": classes,
+        "centre": centre.tolist(),
+        "spread": spread.tolist(),
         "y_shift": y_shift,
         "y_scale": y_scale,
-        "optimizer": _optimizer(args),
     }
+    return {"X": X, "labels": labels, "source": source, "train": train, "test": test,
+            "model": model, "optimizer": _optimizer(args), "meta": meta, "out": out,
+            "save": save}  # fmt: skip
 
 
 def _fit_and_report(args, p: dict) -> int:
@@ -168,12 +175,15 @@ def _fit_and_report(args, p: dict) -> int:
 
     import ngvi
 
-    X, labels, train, test = p["X"], p["labels"], p["train"], p["test"]
+    X, labels, train, test, meta = p["X"], p["labels"], p["train"], p["test"], p["meta"]
     learn = None if args.no_learn else ngvi.LearnHyperparameters(optax.adam(args.hyper_lr))
+    sparse = "" if args.inducing is None else f", sparse GP on {args.inducing} inducing points"
     print(
         f"ngvi fit: {p['source']}: {len(train)} train / {len(test)} test points, {X.shape[1]} "
-        f"features, target {p['target']!r}, {args.likelihood} likelihood, {args.optimizer}"
-        + ("" if learn is None else " + learned hyperparameters")
+        f"features, target {meta['target']!r}, {args.likelihood} likelihood, {args.optimizer}"
+        + sparse
+        + ("" if learn is None else " + learned hyperparameters"),
+        flush=True,
     )
     result = ngvi.fit(
         p["model"],
@@ -181,42 +191,15 @@ def _fit_and_report(args, p: dict) -> int:
         args.steps,
         key=jax.random.PRNGKey(args.seed),
         learn=learn,
+        batch_size=args.batch_size,
         progress=not args.quiet,
         throw=False,
     )
-
-    def predict(inputs):
-        standardised = (inputs - p["centre"]) / p["spread"]
-        prediction = ngvi.predict(result.model, result.q, standardised)
-        mean = np.asarray(prediction.mean) * p["y_scale"] + p["y_shift"]
-        variance = np.asarray(prediction.variance) * p["y_scale"] ** 2
-        latent = (
-            np.asarray(prediction.latent_mean) * p["y_scale"] + p["y_shift"],
-            np.asarray(prediction.latent_variance) * p["y_scale"] ** 2,
-        )
-        return mean, variance, latent
-
-    mean, variance, (latent_mean, latent_variance) = predict(X)
-    if args.likelihood == "poisson":
-        log_pred = poisson_log_predictive(labels[test], latent_mean[test], latent_variance[test])
-        scores = {
-            "nlpd": float(-np.mean(log_pred)),
-            "rate_rmse": float(np.sqrt(np.mean((mean[test] - labels[test]) ** 2))),
-        }
-    else:
-        scores = metrics(args.likelihood, labels[test], mean[test], variance[test])
-    report(result, p["names"], scores)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "predictions.csv"
-    columns = {
-        "predictive_mean": mean,
-        "predictive_variance": variance,
-        "latent_mean": latent_mean,
-        "latent_variance": latent_variance,
-    }
-    write_predictions(path, X, labels, p["names"], p["target"], test, columns)
-    print(f"  wrote {path}")
+    if result.outcome == ngvi.FitOutcome.interrupted:
+        raise KeyboardInterrupt
+    columns = models.columns(result, meta, X)
+    scores = _scores(args.likelihood, labels[test], columns, test)
+    report(result, meta["names"], scores)
     summary = {
         "likelihood": args.likelihood,
         "optimizer": args.optimizer,
@@ -227,23 +210,46 @@ def _fit_and_report(args, p: dict) -> int:
         "num_test": int(len(test)),
         "test_metrics": scores,
     }
-    (out / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
-    if not args.no_plot:
-        from .plot import plot
-
-        path = plot(
-            out / "plot.png",
-            args.likelihood,
-            X,
-            labels,
-            mean,
-            variance,
-            test,
-            p["names"],
-            lambda inputs: predict(inputs)[0],
+    classes = meta["classes"]
+    shown = labels if classes is None else np.asarray(classes)[labels.astype(int)]
+    with replaced_folder(p["out"]) as staging:
+        write_predictions(
+            staging / "predictions.csv", X, shown, meta["names"], meta["target"], test, columns
         )
-        print(f"  wrote {path}")
+        (staging / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+        if not args.no_plot and args.likelihood != "softmax":
+            from .plot import plot
+
+            def predict_mean(inputs):
+                return models.columns(result, meta, inputs)["predictive_mean"]
+
+            mean, variance = columns["predictive_mean"], columns["predictive_variance"]
+            plot(staging / "plot.png", args.likelihood, X, labels, mean, variance, test,
+                 meta["names"], predict_mean)  # fmt: skip
+    print(f"  wrote {p['out'] / 'predictions.csv'}, metrics.json" + ", plot.png" * (
+        (p["out"] / "plot.png").exists()))  # fmt: skip
+    if p["save"] is not None:
+        ngvi.save(p["save"], result, metadata={"ngvi_cli": 1, **meta})
+        print(f"  saved the model to {p['save']}")
     if result.outcome == ngvi.FitOutcome.failed:
         print(f"ngvi fit: warning: {result.message}", file=sys.stderr)
         return 1
     return 0
+
+
+def _scores(kind: str, truth, columns: dict, test) -> dict[str, float]:
+    if kind == "softmax":
+        probabilities = np.stack([v for k, v in columns.items() if k.startswith("p_")], axis=1)
+        return metrics(kind, truth, probabilities[test], None)
+    if kind == "poisson":
+        log_pred = poisson_log_predictive(
+            truth, columns["latent_mean"][test], columns["latent_variance"][test]
+        )
+        rate = columns["predictive_mean"][test]
+        return {
+            "nlpd": float(-np.mean(log_pred)),
+            "rate_rmse": float(np.sqrt(np.mean((rate - truth) ** 2))),
+        }
+    return metrics(
+        kind, truth, columns["predictive_mean"][test], columns["predictive_variance"][test]
+    )

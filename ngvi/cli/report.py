@@ -17,6 +17,12 @@ def poisson_log_predictive(y, mean, variance, num_points=40):
 
 def metrics(likelihood: str, y, mean, variance) -> dict[str, float]:
     """Held-out metrics from predictive means/variances of `y*` (probabilities for classes)."""
+    if likelihood == "softmax":  # `mean`: class probabilities (m, C); `y`: class indices
+        picked = np.clip(mean[np.arange(len(y)), y.astype(int)], 1e-12, 1.0)
+        return {
+            "accuracy": float(np.mean(np.argmax(mean, axis=1) == y)),
+            "nlpd": float(-np.mean(np.log(picked))),
+        }
     if likelihood in ("probit", "logit"):
         p = np.clip(mean, 1e-12, 1.0 - 1e-12)
         log_p = np.where(y > 0.5, np.log(p), np.log1p(-p))
@@ -54,7 +60,10 @@ def write_predictions(path, X, labels, names, target, test, columns: dict) -> No
         writer = csv.writer(handle)
         writer.writerow([*names, target, "split", *columns])
         for i in range(len(labels)):
-            values = [*X[i], labels[i]]
-            extra = [f"{column[i]:.12g}" for column in columns.values()]
-            split_name = "test" if is_test[i] else "train"
-            writer.writerow([*(f"{v:.12g}" for v in values), split_name, *extra])
+            values = [*X[i], labels[i], "test" if is_test[i] else "train"]
+            values += [column[i] for column in columns.values()]
+            writer.writerow([_cell(value) for value in values])
+
+
+def _cell(value) -> str:
+    return value if isinstance(value, str) else f"{value:.12g}"

@@ -1,5 +1,6 @@
 """`fit`: the one entry point that runs any strategy on any model."""
 
+import os
 import time
 import warnings
 
@@ -8,7 +9,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
-from tqdm.auto import tqdm
 
 from ..families import AbstractVariational
 from ..hyperparameters import LearnHyperparameters, has_learnable
@@ -16,9 +16,11 @@ from ..models import AbstractModel
 from ..optimizers.base import AbstractOptimizer, StepInfo
 from ..streaming import Feeder, Stream, check_stream, placeholder_batch
 from .batches import Minibatches, StreamedBatches
+from .checkpoint import Checkpoint
 from .diagnosis import describe_failure
 from .loop import Carry, Loop, run_chunk
 from .outcome import FitOutcome
+from .progress import Progress
 from .result import FitResult
 
 
@@ -35,6 +37,8 @@ def fit(
     learn: LearnHyperparameters | None = None,
     progress: bool = True,
     throw: bool = True,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int = 100,
 ) -> FitResult:
     """Fit the variational posterior of `model` with an optimizer strategy.
 
@@ -60,8 +64,12 @@ def fit(
     - `data`: a `ngvi.Stream` of host rows for a model without data (then `batch_size` is
       required); the batches are those an in-memory fit with the same key would draw.
     - `learn`: a `LearnHyperparameters`, or `None` to keep the hyperparameters fixed.
-    - `progress`: show a progress bar (it appears once a fit has run for three seconds).
+    - `progress`: show progress: a bar on a terminal, a line per tenth of the steps when
+      stderr is not one; both once a fit has run for three seconds (`ngvi.fitting.progress`).
     - `throw`: raise `RuntimeError` if the fit failed (NaN/inf) instead of returning.
+    - `checkpoint`: a file to save the loop state to every `checkpoint_every` steps and when
+      the fit ends or is interrupted (atomically); the same call run again resumes from it
+      and refuses one written by a different fit (`ngvi.fitting.checkpoint`).
 
     **Returns:** a `FitResult`; `result.model` carries the learned hyperparameters.
 
@@ -87,14 +95,18 @@ def fit(
             f"The starting ELBO is {float(initial_elbo)}. " + _describe(model, q, data)
         )
     loop, carry = _start(model, optimizer, q, state, num_steps, key, batch_size, learn, data)
+    saver = Checkpoint.open(checkpoint, checkpoint_every, loop, carry, num_steps, tol, data)
+    carry = carry if saver is None else saver.resume(carry)
     feeder = (
         None if data is None else Feeder(data, model, Minibatches(batch_size), carry.key, num_steps)
     )
     try:
-        carry = _run(loop, carry, num_steps, jnp.asarray(tol, model.dtype), progress, feeder)
+        carry = _run(loop, carry, num_steps, jnp.asarray(tol, model.dtype), progress, feeder, saver)
     finally:
         if feeder is not None:
             feeder.close()
+    if saver is not None:
+        saver.finish(carry)
     return _finish(loop, carry, initial_elbo, throw, data)
 
 
@@ -184,27 +196,30 @@ def _start(model, optimizer, q, state, num_steps, key, batch_size, learn, data):
     return loop, carry
 
 
-def _run(loop: Loop, carry: Carry, num_steps: int, tol, progress: bool, feeder=None) -> Carry:
+def _run(
+    loop: Loop, carry: Carry, num_steps: int, tol, progress: bool, feeder=None, saver=None
+) -> Carry:
     """Run the compiled loop in chunks sized to take about half a second each, so that the
     progress bar moves and Ctrl-C is answered within about a second: the interrupted fit
     returns the last completed chunk's state with the `interrupted` outcome. A streamed fit
     (`feeder`) runs one step per chunk, each on the next batch the feeder has read."""
     chunk, target_seconds = 1, 0.5
-    with tqdm(total=num_steps, disable=not progress, delay=3.0, desc="ngvi.fit") as bar:
+    current = None if feeder is not None else lambda c: _elbo(loop.full_model(c.learned), c.q)
+    with Progress(num_steps, progress, current) as bar:
         try:
             while int(carry.step) < num_steps and carry.outcome == FitOutcome.max_steps:
                 before, start = int(carry.step), time.perf_counter()
                 if feeder is not None:
                     chunk = 1
                     carry = eqx.tree_at(lambda c: c.batches, carry, feeder.next())
-                stop_at = jnp.asarray(min(before + chunk, num_steps))
-                carry = run_chunk(loop, carry, stop_at, tol)
+                stop_at = min(before + chunk, num_steps)
+                stop_at = stop_at if saver is None else saver.stop_at(before, stop_at)
+                carry = run_chunk(loop, carry, jnp.asarray(stop_at), tol)
                 done = int(carry.step) - before
                 elapsed = time.perf_counter() - start
-                bar.update(done)
-                bar.set_postfix(
-                    elbo=f"{float(carry.history.elbo[max(int(carry.step) - 1, 0)]):.6g}"
-                )
+                if saver is not None:
+                    saver.after_chunk(carry)
+                bar.update(carry, done)
                 per_step = elapsed / max(done, 1)
                 chunk = int(min(max(1, target_seconds / max(per_step, 1e-9)), 4 * chunk + 1))
         except KeyboardInterrupt:
