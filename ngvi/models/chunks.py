@@ -13,6 +13,14 @@ import jax.numpy as jnp
 from jaxtyping import Array, PyTree
 
 
+def balanced(num_rows: int, chunk: int) -> int:
+    """The chunk size at most `chunk` that covers `num_rows` in the fewest, most equal chunks
+    (5,300 rows in chunks of at most 4,096: two of 2,650, not 4,096 twice with 2,892 rows
+    done twice)."""
+    count = math.ceil(num_rows / min(chunk, num_rows))
+    return math.ceil(num_rows / count)
+
+
 def _starts(num_rows: int, chunk: int) -> Array:
     count = math.ceil(num_rows / chunk)
     return jnp.minimum(jnp.arange(count) * chunk, num_rows - chunk)
@@ -27,7 +35,7 @@ def chunked_sum(fn, rows: PyTree, chunk: int) -> PyTree:
     contributes and 0 on those an earlier chunk already covered; `fn` must weight its
     per-row terms by it. One pass of `lax.scan`, memory of one chunk."""
     num_rows = jax.tree_util.tree_leaves(rows)[0].shape[0]
-    chunk = min(chunk, num_rows)
+    chunk = balanced(num_rows, chunk)
     starts = _starts(num_rows, chunk)
     offsets = jnp.arange(chunk)
 
@@ -52,7 +60,7 @@ def chunked_rows(fn, rows: PyTree, chunk: int) -> PyTree:
     """`fn` applied chunk by chunk to rows, its per-row outputs (leading axis `c`) assembled
     into arrays with `N` rows: `O(N)` output, one chunk of work memory."""
     num_rows = jax.tree_util.tree_leaves(rows)[0].shape[0]
-    chunk = min(chunk, num_rows)
+    chunk = balanced(num_rows, chunk)
     starts = _starts(num_rows, chunk)
     count = starts.shape[0]
     if count == 1:
