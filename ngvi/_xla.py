@@ -8,6 +8,10 @@ two cores; see also PyAutoFit issue #1530). The default scheduler does not deadl
 adds `--xla_cpu_enable_concurrency_optimized_scheduler=false` to `XLA_FLAGS` unless the user
 set that flag, or set `NGVI_KEEP_XLA_FLAGS=1`. It only takes effect if JAX's backend has not
 started yet (import ngvi before running JAX computations).
+
+The flag is not the whole cure: a ten-class dense GP on 1,257 points still hung with it, in
+the batched (vmapped) Cholesky factors over the latent functions. So ngvi no longer batches
+linear algebra over latents: `ngvi.families.views.each_latent` runs them one after another.
 """
 
 import os

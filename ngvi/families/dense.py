@@ -2,13 +2,12 @@
 
 from typing import ClassVar
 
-import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Float
 
 from ..gaussian import likelihood_site
+from .views import each_latent
 from .whitened_base import AbstractWhitenedVariational
 
 
@@ -72,12 +71,12 @@ class DenseGaussianVariational(AbstractWhitenedVariational):
             eye = jnp.eye(lam1.shape[0], dtype=lam1.dtype)
             return lam1, lam2 - 0.5 * eye
 
-        return eqx.filter_vmap(one)(self, grads, hessians)
+        return each_latent(one, self, grads, hessians)
 
     def precision_is_valid(self):
         precision = self.precision
         finite = jnp.all(jnp.isfinite(self.eta1)) & jnp.all(jnp.isfinite(precision))
         eye = jnp.eye(precision.shape[-1], dtype=precision.dtype)
         safe = jnp.where(finite, precision, eye)
-        diagonal = jnp.diagonal(jax.vmap(jnp.linalg.cholesky)(safe), axis1=-2, axis2=-1)
+        diagonal = jnp.diagonal(each_latent(jnp.linalg.cholesky, safe), axis1=-2, axis2=-1)
         return finite & jnp.all(jnp.isfinite(diagonal)) & jnp.all(diagonal > 0)

@@ -2,11 +2,11 @@
 
 from typing import ClassVar
 
-import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ..gaussian import blr_diag_update
+from .views import each_latent
 from .whitened_base import AbstractWhitenedVariational
 
 
@@ -61,7 +61,7 @@ class DiagonalGaussianVariational(AbstractWhitenedVariational):
             )
             return precision * mean, -0.5 * precision
 
-        return eqx.filter_vmap(one)(self, grads, hessians)
+        return each_latent(one, self, grads, hessians)
 
     def precision_is_valid(self):
         finite = jnp.all(jnp.isfinite(self.eta1)) & jnp.all(jnp.isfinite(self.eta2))

@@ -17,16 +17,34 @@ per-latent, and `to_points` arranges per-latent results in the protocol's `(B, C
 """
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 
+def each_latent(fn, *trees):
+    """`fn` on each latent function's slice of `trees` (a leading latent axis), stacked.
+
+    Several latents run one after another (`lax.map`), not batched (`vmap`): jaxlib's CPU
+    runtime (0.10) can hang for good, every worker idle, on batched Cholesky factors and
+    triangular solves of a few hundred rows and more (a ten-class dense GP on 1,257 points
+    hung in three runs out of three; see `ngvi/_xla.py`). Each latent's work is a full
+    factorisation, so little is lost by not batching.
+    """
+    arrays, static = eqx.partition(trees, eqx.is_array)
+    count = jax.tree_util.tree_leaves(arrays)[0].shape[0]
+    if count == 1:
+        return eqx.filter_vmap(fn)(*trees)
+    return jax.lax.map(lambda chunk: fn(*eqx.combine(chunk, static)), arrays)
+
+
 def over_latents(fn, view, *per_latent):
-    """`fn(view_c, *args_c)` for every latent function `c`, stacked (`eqx.filter_vmap`): the
+    """`fn(view_c, *args_c)` for every latent function `c`, stacked (`each_latent`): the
     arguments carry a leading latent axis; a view does too when `view.per_latent` (one prior
     per latent function), and is shared by all latents otherwise."""
-    axes = (0 if view.per_latent else None,) + (0,) * len(per_latent)
-    return eqx.filter_vmap(fn, in_axes=axes)(view, *per_latent)
+    if view.per_latent:
+        return each_latent(fn, view, *per_latent)
+    return each_latent(lambda *args: fn(view, *args), *per_latent)
 
 
 class RowsView(eqx.Module):

@@ -8,12 +8,11 @@ them into marginals, predictions and the posterior in the model's coordinates.
 
 import abc
 
-import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from .base import AbstractVariational, Marginals
-from .views import over_latents
+from .views import each_latent, over_latents
 
 
 class AbstractWhitenedVariational(AbstractVariational):
@@ -42,7 +41,7 @@ class AbstractWhitenedVariational(AbstractVariational):
 
     def kl_to_prior(self) -> Float[Array, ""]:
         """`sum_c KL(q(v_c) || N(0, I))`, which equals the KL in the model's coordinates."""
-        return jnp.sum(eqx.filter_vmap(lambda q: q._kl())(self))
+        return jnp.sum(each_latent(lambda q: q._kl(), self))
 
     def marginals_and_kl(self, model, batch):
         return model.whitened_marginals(self, batch), self.kl_to_prior()
@@ -60,4 +59,4 @@ class AbstractWhitenedVariational(AbstractVariational):
         return over_latents(one, model.latent_coordinates(), self)
 
     def coordinate_mean(self, marginals):
-        return eqx.filter_vmap(lambda q: q._mean())(self)
+        return each_latent(lambda q: q._mean(), self)

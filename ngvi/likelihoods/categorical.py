@@ -68,11 +68,20 @@ class Softmax(_Categorical):
         return self.log_prob(f, y), onehot - probabilities, -probabilities * (1 - probabilities)
 
     def class_probabilities(self, mean: Matrix, variance: Matrix) -> Matrix:
-        noise = jax.random.normal(
-            jax.random.PRNGKey(self.mc_seed), (4 * self.num_mc_samples,) + mean.shape, mean.dtype
+        """`E[softmax(f)]` per row from `4 num_mc_samples` antithetic draws `(S, C)` that every
+        row shares, so a row's probabilities do not depend on the other rows or their order;
+        rows are processed in blocks of 256, so memory is `O(256 S C)` for any `n`."""
+        half = jax.random.normal(
+            jax.random.PRNGKey(self.mc_seed), (2 * self.num_mc_samples, mean.shape[-1]), mean.dtype
         )
-        samples = mean[None] + jnp.sqrt(jnp.maximum(variance, 0.0))[None] * noise
-        return jnp.mean(jax.nn.softmax(samples, axis=-1), axis=0)
+        noise = jnp.concatenate([half, -half])
+
+        def one_row(row):
+            m, v = row
+            samples = m[None, :] + jnp.sqrt(jnp.maximum(v, 0.0))[None, :] * noise
+            return jnp.mean(jax.nn.softmax(samples, axis=-1), axis=0)
+
+        return jax.lax.map(one_row, (mean, variance), batch_size=256)
 
     def distribution(self, f: ArrayLike) -> distrax.Distribution:
         return distrax.Categorical(logits=f)

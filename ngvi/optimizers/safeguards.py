@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
 from ..families import AbstractVariational
+from ..families.views import each_latent
 from ..gaussian import damped_natural_update, riemannian_psd_correction
 
 
@@ -47,8 +48,9 @@ def safeguarded_update(
     precision = precision_plain
     if psd_correction:
         # One latent function at a time: `(N,)` or `(D,)` elementwise, `(D, D)` as a matrix.
-        correct = jax.vmap(riemannian_psd_correction, in_axes=(0, 0, None))
-        precision = correct(q.precision, -2.0 * target[1], rho)
+        precision = each_latent(
+            lambda p, t: riemannian_psd_correction(p, t, rho), q.precision, -2.0 * target[1]
+        )
     if precision_floor > 0:
         precision = jnp.maximum(precision, precision_floor)
     change = precision - precision_plain
