@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test test-slow bench bench-sparse bench-real bench-scale-out docs lint clean
+.PHONY: demo test test-slow bench bench-sparse bench-real bench-multiclass bench-scale-out docs lint clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,12 @@ docs: $(VENV)/.installed
 bench-real: $(VENV)/.installed
 	$(BIN)/pip install --quiet -e ".[sklearn]"
 	$(BIN)/python benchmarks/bench_real_data.py
+
+# iris, wine, digits and letter: ngvi's multi-class GPC vs scikit-learn's one-vs-rest Laplace;
+# rewrites its own marked section of docs/results.md.
+bench-multiclass: $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[sklearn]"
+	$(BIN)/python benchmarks/bench_multiclass.py
 
 # Steps per second of the sharded sparse fit at 1, 2 and 4 emulated CPU devices.
 bench-scale-out: $(VENV)/.installed

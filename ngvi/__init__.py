@@ -19,7 +19,14 @@ from .families import (
     SiteStatistics as SiteStatistics,
     WhitenedGaussianVariational as WhitenedGaussianVariational,
 )
-from .fitting import FitOutcome as FitOutcome, FitResult as FitResult, fit as fit
+from .fitting import (
+    FitOutcome as FitOutcome,
+    FitResult as FitResult,
+    HyperparameterOutcome as HyperparameterOutcome,
+    HyperparameterResult as HyperparameterResult,
+    fit as fit,
+    fit_hyperparameters as fit_hyperparameters,
+)
 from .gaussian import (
     blr_diag_update as blr_diag_update,
     blr_full_update as blr_full_update,

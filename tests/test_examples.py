@@ -37,6 +37,7 @@ def test_there_are_examples():
         "logistic_regression_blr.py",
         "custom_likelihood.py",
         "sparse_skin.py",
+        "letter_sparse.py",
     } <= names
 
 

@@ -285,3 +285,33 @@ def test_two_latent_dense_gp_does_not_deadlock_xla(tmp_path):
     )
     assert done.returncode == 0, done.stderr[-2000:]
     assert np.isfinite(float(done.stdout.strip().splitlines()[-1]))
+
+
+def test_ten_class_dense_gp_does_not_hang(tmp_path):
+    """Regression: the multi-class classifier's ten-class dense softmax GP on 1,257 digits hung
+    for good (every XLA worker idle) in the batched Cholesky factors over the latents, even
+    with the scheduler flag; the latents now run one after another
+    (`ngvi.families.views.each_latent`)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "ten_classes.py"
+    script.write_text(
+        "import numpy as np\n"
+        "from sklearn.datasets import load_digits\n"
+        "from ngvi.sklearn import GaussianProcessClassifier\n"
+        "X, y = load_digits(return_X_y=True)\n"
+        "clf = GaussianProcessClassifier(lengthscale=8.0, ard=False, num_steps=3,\n"
+        "                                learn_hyperparameters=False)\n"
+        "clf.fit(X[:1257], y[:1257])\n"
+        "p = clf.predict_proba(X[1257:1262])\n"
+        "print(float(np.abs(p.sum(1) - 1).max()))\n"
+    )
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script)], capture_output=True, text=True, timeout=150
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the ten-class fit hung (no result in 150 s)")
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert float(done.stdout.strip().splitlines()[-1]) < 1e-9

@@ -1,5 +1,6 @@
 """The scikit-learn estimators: sklearn's own estimator checks, plus behaviour against
-independent references (sklearn's exact GP regression, class frequencies, true Poisson rates)."""
+independent references (sklearn's exact GP regression, class frequencies, true Poisson rates,
+held-out labels of generated classes, a quadrature of the softmax average)."""
 
 import subprocess
 import sys
@@ -104,8 +105,10 @@ def test_classifier_accepts_arbitrary_binary_labels(banana_split):
     np.testing.assert_array_equal(
         named.predict(X_test), np.where(numeric.predict(X_test) == 1, "yes", "no")
     )
-    with pytest.raises(ValueError, match="Only binary"):
-        GaussianProcessClassifier(**options).fit(X[:9], np.arange(9) % 3)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        GaussianProcessClassifier(**options).fit(X[:9], np.zeros(9))
+    with pytest.raises(ValueError, match="Unknown label type"):
+        GaussianProcessClassifier(**options).fit(X[:9], np.linspace(0, 1, 9) + 0.05)
 
 
 def test_logit_and_probit_both_fit(banana_split):
@@ -209,6 +212,11 @@ def test_bad_parameters_raise_clear_errors(banana_split):
         GaussianProcessClassifier(likelihood="cauchit").fit(X[:10], y[:10])
     with pytest.raises(ValueError, match="lengthscale"):
         GaussianProcessClassifier(lengthscale=[1.0, 2.0, 3.0]).fit(X[:10], y[:10])
+    with pytest.raises(ValueError, match="multi_class"):
+        GaussianProcessClassifier(multi_class="ovr").fit(X[:10], y[:10])
+    for bad in (0, 2.5, "many"):
+        with pytest.raises(ValueError, match="num_inducing"):
+            GaussianProcessClassifier(num_inducing=bad).fit(X[:10], y[:10])
 
 
 def test_float64_inside_without_switching_jax_globally():
@@ -223,3 +231,86 @@ def test_float64_inside_without_switching_jax_globally():
         "assert jnp.zeros(()).dtype == jnp.float32, 'x64 leaked into the global config'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+# -- several classes ------------------------------------------------------------------------
+def _three_classes(n, seed):
+    """Three Gaussian blobs in 2-D (centres on a triangle of side 3, unit spread)."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[0.0, 0.0], [3.0, 0.0], [1.5, 2.6]])
+    labels = rng.integers(0, 3, n)
+    return centres[labels] + 0.8 * rng.standard_normal((n, 2)), labels
+
+
+@pytest.fixture(scope="module")
+def three_class_fit():
+    X, labels = _three_classes(90, seed=0)
+    X_test, labels_test = _three_classes(300, seed=1)
+    names = np.array(["setosa", "versicolor", "virginica"])
+    options = dict(learn_hyperparameters=False, num_steps=20, random_state=0)
+    named = GaussianProcessClassifier(**options).fit(X, names[labels])
+    numeric = GaussianProcessClassifier(**options).fit(X, 10 * labels + 7)
+    return named, numeric, X_test, names[labels_test], labels_test
+
+
+def test_multiclass_string_labels_probabilities_and_classes(three_class_fit):
+    named, numeric, X_test, names_test, labels_test = three_class_fit
+    np.testing.assert_array_equal(named.classes_, ["setosa", "versicolor", "virginica"])
+    np.testing.assert_array_equal(numeric.classes_, [7, 17, 27])
+    proba = named.predict_proba(X_test)
+    assert proba.shape == (len(X_test), 3) and proba.dtype == np.float64
+    assert np.all(proba >= 0)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+    # one posterior over three latents, whatever the labels are called
+    np.testing.assert_array_equal(proba, numeric.predict_proba(X_test))
+    assert named.model_.likelihood.num_latent == 3
+    np.testing.assert_array_equal(named.predict(X_test), named.classes_[proba.argmax(1)])
+    # Blobs one unit apart in sd: the Bayes classifier errs on about 7% of points; a constant
+    # predictor at the class frequencies has NLPD log 3 = 1.10.
+    assert named.score(X_test, names_test) > 0.85
+    nlpd = -np.mean(np.log(proba[np.arange(len(labels_test)), labels_test]))
+    assert nlpd < 0.4
+
+
+def test_multiclass_probabilities_do_not_depend_on_the_other_rows(three_class_fit):
+    named, _, X_test, _, _ = three_class_fit
+    proba = named.predict_proba(X_test)
+    order = np.random.default_rng(2).permutation(len(X_test))
+    np.testing.assert_allclose(named.predict_proba(X_test[order]), proba[order], rtol=1e-12)
+    np.testing.assert_allclose(named.predict_proba(X_test[:7]), proba[:7], rtol=1e-12)
+
+
+def test_softmax_predictive_average_against_quadrature():
+    """With two classes, E[softmax(f)_1] = E[sigmoid(f_1 - f_0)], f_1 - f_0 ~ N(m_1 - m_0,
+    v_0 + v_1): a 1-D Gauss-Hermite integral. With zero variance it is softmax(m) exactly."""
+    from ngvi.sklearn.classifier import _softmax_probabilities
+
+    rng = np.random.default_rng(3)
+    mean, variance = rng.normal(size=(40, 2)), rng.uniform(0.1, 3.0, size=(40, 2))
+    got = _softmax_probabilities(mean, variance, num_pairs=20_000, seed=0)
+    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
+    f = (mean[:, 1] - mean[:, 0])[:, None] + np.sqrt(variance.sum(1))[:, None] * nodes
+    want = (1.0 / (1.0 + np.exp(-f))) @ (weights / weights.sum())
+    np.testing.assert_allclose(got[:, 1], want, atol=3e-3)  # Monte Carlo: sd < 0.5 / 200
+    np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-12)
+    exact = np.exp(mean) / np.exp(mean).sum(1, keepdims=True)
+    np.testing.assert_allclose(
+        _softmax_probabilities(mean, np.zeros_like(mean), 8, 0), exact, rtol=1e-12
+    )
+
+
+def test_multiclass_sparse_and_robust_max():
+    X, labels = _three_classes(80, seed=4)
+    X_test, labels_test = _three_classes(200, seed=5)
+    options = dict(learn_hyperparameters=False, random_state=0)
+    sparse = GaussianProcessClassifier(num_inducing=16, num_steps=40, **options).fit(X, labels)
+    dense = GaussianProcessClassifier(num_inducing=None, num_steps=20, **options).fit(X, labels)
+    robust = GaussianProcessClassifier(multi_class="robustmax", num_steps=60, **options)
+    robust.fit(X, labels)
+    assert isinstance(sparse.model_, ngvi.SparseModel) and sparse.model_.num_inducing == 16
+    assert isinstance(dense.model_, ngvi.Model)
+    assert isinstance(robust.model_.likelihood, ngvi.likelihoods.RobustMax)
+    for clf in (sparse, dense, robust):
+        proba = clf.predict_proba(X_test)
+        np.testing.assert_allclose(proba.sum(axis=1), 1.0, rtol=0, atol=1e-12)
+        assert clf.score(X_test, labels_test) > 0.85

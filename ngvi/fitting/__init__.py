@@ -1,5 +1,10 @@
 """Fitting: the compiled loop, its outcomes and its result."""
 
+from .em import (
+    HyperparameterOutcome as HyperparameterOutcome,
+    HyperparameterResult as HyperparameterResult,
+    fit_hyperparameters as fit_hyperparameters,
+)
 from .fit import fit as fit
 from .outcome import FitOutcome as FitOutcome
 from .result import FitResult as FitResult

@@ -1,18 +1,22 @@
 """The engine the estimators share: parameters, input scaling, fitting and predicting."""
 
 import functools
+import warnings
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 from sklearn.base import BaseEstimator
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
 from .. import kernels as _kernels
 from ..fitting import fit as _ngvi_fit
+from ..fitting.em import fit_hyperparameters as _fit_hyperparameters
 from ..hyperparameters import LearnHyperparameters
-from ..models import Model
+from ..models import Model, SparseModel
 from ..optimizers import NaturalGradient
 from ..predict import predict as _ngvi_predict
 from ..priors import GPPrior
@@ -32,16 +36,29 @@ def _adam(lr: float) -> optax.GradientTransformation:
     return optax.adam(lr)
 
 
-def _fit_posterior(model, *, learn: bool, num_steps: int, lr: float, key):
+def _fit_posterior(model, *, learn: bool, num_steps: int, lr: float, step: float, key):
     """Run `ngvi.fit`, learning the hyperparameters when asked; return `(model, q, result)`."""
-    optimizer = NaturalGradient(lr=1.0)
+    optimizer = NaturalGradient(lr=step)
     options = dict(num_steps=num_steps, key=key, progress=False)
     if not learn:
         result = _ngvi_fit(model, optimizer, **options)
         return model, result.q, result
+    if isinstance(model, Model) and model.num_latent == 1 and step == 1.0:
+        # One latent, dense: variational EM with L-BFGS to a converged gradient
+        # (`ngvi.fit_hyperparameters`); `num_steps` bounds the L-BFGS iterations.
+        result = _fit_hyperparameters(model, max_steps=num_steps, throw=True)
+        if not result.converged:
+            warnings.warn(f"ngvi: hyperparameters: {result.message}.", ConvergenceWarning, 3)
+        return result.model, result.q, result
     learner = LearnHyperparameters(optimizer=_adam(lr))
     result = _ngvi_fit(model, optimizer, learn=learner, **options)
     return result.model, result.q, result
+
+
+@eqx.filter_jit
+def _latent_marginals(model, q, X):
+    marginals = model.predict_latent(q, X)
+    return marginals.mean, marginals.variance
 
 
 class BaseGP(BaseEstimator):
@@ -77,6 +94,14 @@ class BaseGP(BaseEstimator):
 
     def _prior_mean(self, y: np.ndarray) -> float:
         return 0.0
+
+    def _num_inducing(self, num_points: int) -> int | None:
+        """Inducing points for a `SparseModel`, or `None` for the dense `Model`."""
+        return None
+
+    def _natural_step(self) -> float:
+        """The natural-gradient step size (1 is exact for a Gaussian likelihood)."""
+        return 1.0
 
     # -- shared machinery -----------------------------------------------------------------
     def _check_parameters(self) -> None:
@@ -118,12 +143,17 @@ class BaseGP(BaseEstimator):
             prior = GPPrior(
                 self._make_kernel(X.shape[1]), mean=self._prior_mean(targets), jitter=self.jitter
             )
-            model = Model(prior, self._make_likelihood(), X, targets)
+            likelihood, num_inducing = self._make_likelihood(), self._num_inducing(X.shape[0])
+            if num_inducing is None:
+                model = Model(prior, likelihood, X, targets)
+            else:
+                model = SparseModel(prior, likelihood, X, targets, inducing=num_inducing, seed=seed)
             model, q, result = _fit_posterior(
                 model,
                 learn=bool(self.learn_hyperparameters),
                 num_steps=int(self.num_steps),
                 lr=float(self.lr),
+                step=self._natural_step(),
                 key=jax.random.PRNGKey(seed),
             )
         self.model_, self.posterior_ = model, q
@@ -148,6 +178,15 @@ class BaseGP(BaseEstimator):
                     prediction.variance,
                 )
             )
+
+    def _predict_latent(self, X) -> tuple[np.ndarray, np.ndarray]:
+        """The latent marginals `(mean, variance)` at `X`, each `(n, num_latent)`."""
+        check_is_fitted(self, "posterior_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = self._scale_inputs(X, reset=False)
+        with jax.enable_x64(True):
+            mean, variance = _latent_marginals(self.model_, self.posterior_, jnp.asarray(X))
+            return np.asarray(mean, np.float64), np.asarray(variance, np.float64)
 
     @property
     def lengthscale_(self) -> np.ndarray:

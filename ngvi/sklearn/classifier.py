@@ -1,37 +1,106 @@
 """`GaussianProcessClassifier`: GP classification by natural-gradient VI."""
 
+import equinox as eqx
+import jax
 import numpy as np
 from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
-from sklearn.utils.validation import validate_data
+from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import likelihoods as _likelihoods
 from ._base import BaseGP
 
+_BINARY = {"probit": _likelihoods.Probit, "logit": _likelihoods.BernoulliLogit}
+_MULTI_CLASS = {"softmax": _likelihoods.Softmax, "robustmax": _likelihoods.RobustMax}
+# Above this many training points `num_inducing="auto"` switches a multi-class fit to the sparse
+# model (see the class docstring for the measurements behind it).
+_DENSE_LIMIT = 1000
+_AUTO_INDUCING = 200
+
+
+def _softmax_probabilities(mean, variance, num_pairs: int, seed: int) -> np.ndarray:
+    """`E[softmax(f)]` under independent `f_c ~ N(m_c, v_c)` per row, from `num_pairs`
+    antithetic pairs of standard normal draws `(eps, -eps)` shared by every row: a row's
+    probabilities do not depend on the other rows, their order or the batch size."""
+    noise = np.random.default_rng(seed).standard_normal((num_pairs, mean.shape[1]))
+    noise = np.concatenate([noise, -noise])
+    sd = np.sqrt(np.maximum(variance, 0.0))
+    total = np.zeros_like(mean)
+    for block in np.array_split(noise, max(1, len(noise) // 64)):
+        logits = mean[None] + sd[None] * block[:, None, :]
+        logits = logits - logits.max(axis=2, keepdims=True)
+        weights = np.exp(logits)
+        total += (weights / weights.sum(axis=2, keepdims=True)).sum(axis=0)
+    return total / len(noise)
+
+
+@eqx.filter_jit
+def _robust_max_probabilities(likelihood, mean, variance):
+    return likelihood.class_probabilities(mean, variance)
+
 
 class GaussianProcessClassifier(ClassifierMixin, BaseGP):
-    """Binary GP classification by natural-gradient VI, with learned kernel hyperparameters.
+    r"""GP classification by natural-gradient VI, binary or multi-class, with learned kernel
+    hyperparameters.
 
-    The latent `f ~ GP(0, k)` with `k` a stationary kernel (`sigma^2 kappa(r)`, one lengthscale
-    per feature when `ard=True`) and `p(y = 1 | f) = Phi(f)` (probit) or `sigmoid(f)` (logit).
-    `predict_proba` integrates `f*` out: `Phi(m / sqrt(1 + v))` for probit, Gauss-Hermite
-    quadrature for logit.
+    **Two classes.** One latent `f ~ GP(0, k)` with `k` a stationary kernel (`sigma^2 kappa(r)`,
+    one lengthscale per feature when `ard=True`) and `p(y = 1 | f) = Phi(f)` (probit) or
+    `sigmoid(f)` (logit). `predict_proba` integrates `f*` out: `Phi(m / sqrt(1 + v))` for
+    probit, Gauss-Hermite quadrature for logit.
+
+    **C > 2 classes.** One variational posterior over `C` latent GPs `f_1..f_C` (all with the
+    same kernel), not `C` one-vs-rest fits: `p(y = c | f) = softmax(f)_c` (`multi_class=
+    "softmax"`) or the robust max (`"robustmax"`, `1 - epsilon` if `c = argmax f`). The family
+    is mean field across the latents, `q(f) = prod_c q(f_c)`; each natural-gradient step uses
+    `E_q[log p]`, `E_q[g]` and the diagonal curvature `E_q[d^2 log p / d f_c^2]`, by Monte Carlo
+    with common random numbers (softmax) or a 1-D quadrature (robust max). `predict_proba`
+    returns `E_q[p(y* = c | f*)]`, an `(n, C)` array whose rows sum to 1; for softmax it averages
+    `softmax(m + sqrt(v) eps)` over 512 antithetic pairs of draws `eps` shared by every row, so
+    a row's probabilities do not depend on the other rows.
+
+    Softmax is the default. Measured with `benchmarks/bench_multiclass.py` (one split, 100
+    steps; `docs/results.md`), neither likelihood is always better calibrated: held-out NLPD
+    0.049 (softmax) against 0.187 (robust max) on iris, 0.064 against 0.028 on wine. But the
+    softmax fit is the robust one: its curvature `-pi_c (1 - pi_c)` is always negative, so
+    natural steps of size 1 on the dense model's sites are safe, while the robust max's
+    curvature can be positive and its fit needs the sparse model and a smaller step (on the
+    three-blob problem of `docs/multiclass.md`, step 0.5 from the prior collapses to a poor
+    fixed point). `multi_class="robustmax"` always runs on the sparse model with step 0.5
+    (`"auto"`: `min(n, 200)` k-means inducing inputs; with `M >= n` or `None` they are the data,
+    which is the full GP in whitened coordinates); its probabilities are capped at
+    `1 - epsilon` whatever the margin.
+
+    With `num_inducing="auto"` a softmax fit is dense (`ngvi.Model`, `C` Cholesky factors of
+    `n x n` per step) up to 1,000 training points and sparse above (`ngvi.SparseModel`, 200
+    k-means inducing inputs, learned with the kernel, full-batch steps). Measured on digits
+    (1,257 training points, 10 classes, a shared 2-core CPU): three dense steps without
+    hyperparameter learning took about 30 s, while the sparse fit ran 100 steps with learning
+    in 160 s to a held-out accuracy of 0.98 and NLPD of 0.09. Binary fits stay dense with
+    `"auto"`, as before; an integer `num_inducing` makes any fit sparse.
 
     **Arguments:**
 
     - `kernel`: `"se"` (= `"rbf"`), `"matern12"`, `"matern32"` or `"matern52"`.
     - `lengthscale`, `variance`: initial (or, with `learn_hyperparameters=False`, fixed) values.
     - `ard`: one lengthscale per feature (a scalar `lengthscale` is broadcast).
-    - `likelihood`: `"probit"` or `"logit"`.
+    - `likelihood`: the binary link, `"probit"` or `"logit"`.
+    - `multi_class`: the likelihood for more than two classes, `"softmax"` or `"robustmax"`.
+    - `num_inducing`: `"auto"` (above), `None` (always dense) or an integer `M` (sparse with
+      `M` k-means inducing inputs whenever `M < n`).
     - `learn_hyperparameters`: maximise the ELBO over the kernel's log-parameters with Adam.
     - `num_steps`: fit steps (each: one natural-gradient step, one Adam step).
-    - `lr`: Adam's learning rate for the hyperparameters (the natural-gradient step is 1).
+    - `lr`: Adam's learning rate for the hyperparameters.
     - `standardize`: rescale each feature to zero mean, unit variance (on the training data).
     - `jitter`: diagonal added to the training kernel matrix.
-    - `random_state`: seeds the PRNG key handed to `ngvi.fit`.
+    - `random_state`: seeds the PRNG key handed to `ngvi.fit` and the k-means inducing inputs.
 
-    Labels may be any two values; `classes_` holds them sorted and `classes_[1]` is the positive
-    class. Only binary problems are supported.
+    Labels may be of any type; `classes_` holds them sorted, columns of `predict_proba` follow
+    that order, and with two classes `classes_[1]` is the positive class.
+
+    ```python
+    clf = GaussianProcessClassifier().fit(X, labels)  # e.g. labels in {"setosa", ...}
+    clf.classes_, clf.predict_proba(X_test).sum(axis=1)  # rows sum to 1
+    ```
     """
 
     def __init__(
@@ -41,6 +110,8 @@ class GaussianProcessClassifier(ClassifierMixin, BaseGP):
         variance=1.0,
         ard=True,
         likelihood="probit",
+        multi_class="softmax",
+        num_inducing="auto",
         learn_hyperparameters=True,
         num_steps=200,
         lr=0.05,
@@ -61,42 +132,85 @@ class GaussianProcessClassifier(ClassifierMixin, BaseGP):
             random_state=random_state,
         )
         self.likelihood = likelihood
+        self.multi_class = multi_class
+        self.num_inducing = num_inducing
 
-    def __sklearn_tags__(self):
-        tags = super().__sklearn_tags__()
-        tags.classifier_tags.multi_class = False
-        return tags
+    def _check_parameters(self) -> None:
+        super()._check_parameters()
+        if self.likelihood not in _BINARY:
+            raise ValueError(f"`likelihood` must be 'probit' or 'logit', got {self.likelihood!r}.")
+        if self.multi_class not in _MULTI_CLASS:
+            raise ValueError(
+                f"`multi_class` must be 'softmax' or 'robustmax', got {self.multi_class!r}."
+            )
+        inducing = self.num_inducing
+        valid = inducing is None or inducing == "auto"
+        if not valid and not isinstance(inducing, str | bool | float):
+            valid = int(inducing) == inducing and int(inducing) >= 1
+        if not valid:
+            raise ValueError(
+                f"`num_inducing` must be 'auto', None or a positive integer, got {inducing!r}."
+            )
+
+    @property
+    def _multi(self) -> bool:
+        return len(self.classes_) > 2
 
     def _make_likelihood(self):
-        if self.likelihood == "probit":
-            return _likelihoods.Probit()
-        if self.likelihood == "logit":
-            return _likelihoods.BernoulliLogit()
-        raise ValueError(f"`likelihood` must be 'probit' or 'logit', got {self.likelihood!r}.")
+        if self._multi:
+            return _MULTI_CLASS[self.multi_class](num_classes=len(self.classes_))
+        return _BINARY[self.likelihood]()
+
+    def _num_inducing(self, num_points: int) -> int | None:
+        robust = self._multi and self.multi_class == "robustmax"
+        if self.num_inducing == "auto":
+            if robust:
+                return min(num_points, _AUTO_INDUCING)
+            return _AUTO_INDUCING if self._multi and num_points > _DENSE_LIMIT else None
+        if self.num_inducing is None or int(self.num_inducing) >= num_points:
+            # the robust max stalls on the dense sites: the full GP as M = n inducing inputs
+            return num_points if robust else None
+        return int(self.num_inducing)
+
+    def _natural_step(self) -> float:
+        return 0.5 if self._multi and self.multi_class == "robustmax" else 1.0
 
     def fit(self, X, y):
-        """Fit to inputs `X` `(n, d)` and binary labels `y` `(n,)`."""
+        """Fit to inputs `X` `(n, d)` and class labels `y` `(n,)` of any type."""
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         y_type = type_of_target(y, input_name="y", raise_unknown=True)
-        if y_type != "binary":
+        if y_type not in ("binary", "multiclass"):
+            raise ValueError(f"Only binary or multiclass targets are supported, got {y_type}.")
+        self.classes_, labels = np.unique(y, return_inverse=True)
+        if self.classes_.shape[0] < 2:
             raise ValueError(
-                f"Only binary classification is supported. The type of the target is {y_type}."
-            )
-        self.classes_ = np.unique(y)
-        if self.classes_.shape[0] != 2:
-            raise ValueError(
-                f"{type(self).__name__} needs samples of 2 classes; the data contain "
+                f"{type(self).__name__} needs samples of at least 2 classes; the data contain "
                 f"{self.classes_.shape[0]} class."
             )
-        return self._fit_latent(X, (y == self.classes_[1]).astype(np.float64))
+        return self._fit_latent(X, labels.astype(np.float64))
 
     def predict_proba(self, X) -> np.ndarray:
-        """`(n, 2)` class probabilities, columns ordered as `classes_`."""
-        p1 = np.clip(self._predict_moments(X)[2], 0.0, 1.0)
-        return np.stack([1.0 - p1, p1], axis=1)
+        """`(n, C)` class probabilities, columns ordered as `classes_`; rows sum to 1."""
+        check_is_fitted(self, "posterior_")
+        if not self._multi:
+            p1 = np.clip(self._predict_moments(X)[2], 0.0, 1.0)
+            return np.stack([1.0 - p1, p1], axis=1)
+        mean, variance = self._predict_latent(X)
+        likelihood = self.model_.likelihood
+        if isinstance(likelihood, _likelihoods.Softmax):
+            probabilities = _softmax_probabilities(
+                mean, variance, 2 * likelihood.num_mc_samples, likelihood.mc_seed
+            )
+        else:
+            with jax.enable_x64(True):
+                probabilities = np.asarray(_robust_max_probabilities(likelihood, mean, variance))
+        probabilities = np.clip(probabilities, 0.0, 1.0)
+        return probabilities / probabilities.sum(axis=1, keepdims=True)
 
     def predict(self, X) -> np.ndarray:
-        """The more probable class label for each row of `X`."""
-        positive = self.predict_proba(X)[:, 1] > 0.5
-        return self.classes_[positive.astype(int)]
+        """The most probable class label for each row of `X`."""
+        proba = self.predict_proba(X)
+        if not self._multi:
+            return self.classes_[(proba[:, 1] > 0.5).astype(int)]
+        return self.classes_[np.argmax(proba, axis=1)]

@@ -1,0 +1,300 @@
+r"""`fit_hyperparameters`: type-II maximum likelihood by variational EM with L-BFGS.
+
+The hyperparameters `theta` (every `ngvi.learnable()` field, in its unconstrained
+log-parametrisation) maximise the collapsed bound
+
+$$
+F(\theta) = \max_q \mathrm{ELBO}(\theta, q),
+$$
+
+the exact log marginal likelihood for a Gaussian likelihood. With `q`'s parameters (a dense
+GP's sites) at their optimum `q*` for `theta`, the envelope theorem gives
+`dF/dtheta = d ELBO(theta, q*)/dtheta` with `q*` held fixed, and
+`ELBO(theta', q*) <= F(theta')` is a minoriser of `F` that is tight at `theta`. So one
+iteration
+
+1. takes an L-BFGS step on `theta -> ELBO(theta, q*)` with `q*` fixed, with a backtracking
+   line search that enforces sufficient increase (Armijo) of this minoriser;
+2. re-solves `q` for the new `theta` by natural-gradient steps warm-started at the old `q*`,
+   until the ELBO changes by at most `inner_tol * (1 + |ELBO|)` in a step;
+
+so `F` never decreases (the re-solve returns the best `q` it evaluated; a step that still
+lowers `F` ends as `stalled`). **Converged** means `max |dF/dtheta| <= gtol (1 + |F|)` *and*
+a last change of `F` of at most `ftol (1 + |F|)`. One `lax.while_loop`, compiled per shape.
+"""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jax.flatten_util import ravel_pytree
+from jaxtyping import Array, Float, Int
+
+from ..families import AbstractVariational
+from ..hyperparameters import LearnHyperparameters, has_learnable
+from ..models import AbstractModel
+from ..optimizers import NaturalGradient
+from ..optimizers.base import AbstractOptimizer
+from .loop import _all_finite
+
+
+class HyperparameterOutcome(eqx.Enumeration):
+    """How `fit_hyperparameters` ended (`result.outcome`; `result.message` in words)."""
+
+    converged = (
+        "converged: the gradient of F = max_q ELBO and its last change are below the tolerances"
+    )
+    max_steps = "the step budget ran out before the gradient of F met the tolerance"
+    stalled = (
+        "the line search found no step that increases F before the gradient met the tolerance; "
+        "the best hyperparameters were kept"
+    )
+    failed = "a step produced NaN/inf; the last finite hyperparameters were kept"
+
+
+class HyperparameterResult(eqx.Module):
+    """What `fit_hyperparameters` returns.
+
+    - `model`: the input model with the learned hyperparameters.
+    - `q`: the posterior re-solved for them (read it with `model`).
+    - `elbo`: `model.elbo(q)`, the bound `F` at the learned hyperparameters.
+    - `grad_norm`: the largest component of `dF/dtheta` (unconstrained parameters) there.
+    - `elbo_change`: how much the last iteration raised `F`.
+    - `num_steps`: L-BFGS iterations; `num_inner_steps`: natural-gradient steps in all.
+    - `outcome`: a `HyperparameterOutcome`; `converged` says whether it is `converged`.
+    """
+
+    model: AbstractModel
+    q: AbstractVariational
+    elbo: Float[Array, ""]
+    grad_norm: Float[Array, ""]
+    elbo_change: Float[Array, ""]
+    num_steps: Int[Array, ""]
+    num_inner_steps: Int[Array, ""]
+    outcome: HyperparameterOutcome
+
+    @property
+    def message(self) -> str:
+        return HyperparameterOutcome[self.outcome]
+
+    @property
+    def converged(self) -> bool:
+        return bool(self.outcome == HyperparameterOutcome.converged)
+
+
+def fit_hyperparameters(
+    model: AbstractModel,
+    q: AbstractVariational | None = None,
+    *,
+    where=None,
+    strategy: AbstractOptimizer | None = None,
+    max_steps: int = 100,
+    gtol: float = 1e-5,
+    ftol: float = 1e-9,
+    inner_tol: float = 1e-13,
+    max_inner_steps: int = 20,
+    memory_size: int = 10,
+    throw: bool = True,
+) -> HyperparameterResult:
+    r"""Learn `model`'s hyperparameters by variational EM with L-BFGS (module docstring):
+    maximise `F(theta) = max_q ELBO(theta, q)` until `max |dF/dtheta| <= gtol (1 + |F|)` and
+    the last change of `F` is at most `ftol (1 + |F|)`.
+
+    **Arguments:**
+
+    - `model`: a model whose learnable fields hold the starting hyperparameters.
+    - `q`: the starting posterior (default: the prior, `model.init_variational()`).
+    - `where`: which hyperparameters to learn, as in `ngvi.LearnHyperparameters` (default:
+      every `ngvi.learnable()` field).
+    - `strategy`: the natural-gradient strategy that re-solves `q` (default
+      `NaturalGradient(lr=1.0)`, exact in one step for a Gaussian likelihood).
+    - `max_steps`: the budget of L-BFGS iterations.
+    - `gtol`, `ftol`: the convergence tolerances, relative to `1 + |F|` (floored at
+      `100 eps` of the model's dtype).
+    - `inner_tol`, `max_inner_steps`: when a re-solve of `q` stops; `memory_size`: L-BFGS pairs.
+    - `throw`: raise `RuntimeError` if a step produced NaN/inf instead of returning.
+
+    **Returns:** a `HyperparameterResult`; `result.converged` is `True` only for the
+    `converged` outcome.
+
+    ```python
+    result = ngvi.fit_hyperparameters(model)
+    result.converged, result.grad_norm, result.model.prior.kernel.lengthscale
+    ```
+    """
+    if not isinstance(model, AbstractModel):
+        raise TypeError(f"`model` must be an ngvi model, got {type(model).__name__}.")
+    for name, value in (("max_steps", max_steps), ("max_inner_steps", max_inner_steps)):
+        if isinstance(value, bool) or int(value) != value or value < 0:
+            raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+    strategy = NaturalGradient(lr=1.0) if strategy is None else strategy
+    learned, rest = LearnHyperparameters(where=where).partition(model)
+    if not has_learnable(learned):
+        raise ValueError("The model has no hyperparameters to learn (`where` selects nothing).")
+    q = model.init_variational(strategy.form) if q is None else q
+    problem = model.diagnose(q)
+    if problem:
+        raise ValueError(problem)
+    floor = 100 * float(jnp.finfo(model.dtype).eps)
+    tolerances = [jnp.asarray(max(float(t), floor), model.dtype) for t in (gtol, ftol, inner_tol)]
+    result = _solve(
+        learned, rest, q, strategy, int(memory_size), jnp.asarray(max_steps),
+        jnp.asarray(max_inner_steps), *tolerances,
+    )  # fmt: skip
+    if throw and result.outcome == HyperparameterOutcome.failed:
+        raise RuntimeError(
+            f"fit_hyperparameters failed after {int(result.num_steps)} steps: {result.message}. "
+            "Pass `throw=False` to get the last finite hyperparameters."
+        )
+    return result
+
+
+class _Carry(eqx.Module):
+    theta: Array  # the candidate hyperparameters, evaluated at the next iteration
+    q: AbstractVariational  # the posterior to warm-start the candidate's re-solve from
+    memory: tuple  # L-BFGS pairs (S, Y) `(m, p)`, how many are stored, the newest's slot
+    best: tuple  # the last accepted (theta, q, -F, -dF/dtheta)
+    change: Array  # how much the last accepted iteration raised F
+    step: Array
+    inner_steps: Array
+    outcome: HyperparameterOutcome
+
+
+def _remember(memory, s, y):
+    """Store the pair `(s, y)` if its curvature `s.y` is positive (else skip it, so the
+    inverse-Hessian estimate stays positive definite on a non-concave `F`)."""
+    S, Y, count, newest = memory
+    keep = s @ y > 1e-10 * jnp.linalg.norm(s) * jnp.linalg.norm(y)
+    slot = (newest + 1) % S.shape[0]
+    S = jnp.where(keep, S.at[slot].set(s), S)
+    Y = jnp.where(keep, Y.at[slot].set(y), Y)
+    count = jnp.where(keep, jnp.minimum(count + 1, S.shape[0]), count)
+    return S, Y, count, jnp.where(keep, slot, newest)
+
+
+def _direction(memory, g):
+    """`-H g` by the L-BFGS two-loop recursion (Nocedal & Wright, Algorithm 7.4); with no
+    pairs, steepest descent scaled to a largest component of at most 1."""
+    S, Y, count, newest = memory
+    order = (newest - jnp.arange(S.shape[0])) % S.shape[0]  # newest first
+    valid = jnp.arange(S.shape[0]) < count
+    rho = 1.0 / jnp.where(valid, jnp.sum(S[order] * Y[order], axis=1), 1.0)
+
+    def backward(r, item):
+        s, y, p, ok = item
+        a = jnp.where(ok, p * (s @ r), 0.0)
+        return r - a * y, a
+
+    r, alphas = jax.lax.scan(backward, g, (S[order], Y[order], rho, valid))
+    s, y = S[newest], Y[newest]
+    gamma = jnp.where(count > 0, (s @ y) / (y @ y), 1.0 / jnp.maximum(1.0, jnp.max(jnp.abs(g))))
+    r = gamma * r
+
+    def forward(r, item):
+        s, y, p, ok, a = item
+        return r + jnp.where(ok, a - p * (y @ r), 0.0) * s, None
+
+    items = (S[order], Y[order], rho, valid, alphas)
+    r, _ = jax.lax.scan(forward, r, jax.tree.map(lambda x: x[::-1], items))
+    return -r
+
+
+@eqx.filter_jit
+def _solve(learned, rest, q, strategy, memory_size, max_steps, max_inner, gtol, ftol, inner_tol):
+    theta, unravel = ravel_pytree(learned)
+    Outcome = HyperparameterOutcome
+
+    def model_at(theta):
+        return eqx.combine(unravel(theta), rest)
+
+    def negative_elbo(theta, q):
+        return -model_at(theta).elbo(q)
+
+    def resolve(theta, q):
+        """Natural-gradient steps on `q` at `theta` until the ELBO settles; returns the best
+        `q` evaluated (at least as good as the warm start, so `F` cannot fall)."""
+        model = model_at(theta)
+        q, state = strategy.init(model, q)
+        key = jax.random.PRNGKey(0)
+
+        def running(c):
+            _, _, k, last, change, _ = c
+            settled = change <= inner_tol * (1.0 + jnp.abs(last))
+            return (k < max_inner) & ((k < 1) | ~settled)
+
+        def body(c):
+            q, state, k, last, _, (best, top) = c
+            new, state, info = strategy.step(model, q, state, None, k, key)
+            better = info.elbo > top  # `info.elbo` is the ELBO of `q`, before the step
+            best = jax.tree.map(lambda a, b: jnp.where(better, a, b), q, best)
+            top = jnp.where(better, info.elbo, top)
+            return new, state, k + 1, info.elbo, jnp.abs(info.elbo - last), (best, top)
+
+        inf = jnp.asarray(jnp.inf, theta.dtype)
+        start = (q, state, jnp.asarray(0), -inf, inf, (q, -inf))
+        _, _, k, _, _, (best, _) = jax.lax.while_loop(running, body, start)
+        return best, k
+
+    def line_search(theta, q, value, grad, d):
+        """Halve the step from 1 until the minoriser rises by a 1e-4 share of its slope; stay
+        at `theta` if 30 halvings do not."""
+        slope = grad @ d
+
+        def running(c):
+            return ~c[1] & (c[2] < 30)
+
+        def body(c):
+            alpha, _, k = c
+            ok = negative_elbo(theta + alpha * d, q) <= value + 1e-4 * alpha * slope
+            return jnp.where(ok, alpha, 0.5 * alpha), ok, k + 1
+
+        start = (jnp.ones((), theta.dtype), slope >= 0, jnp.asarray(0))
+        alpha, ok, _ = jax.lax.while_loop(running, body, start)
+        return theta + jnp.where(ok & (slope < 0), alpha, 0.0) * d
+
+    def iterate(c: _Carry) -> _Carry:
+        """Re-solve `q` at the candidate, accept it if `F` did not fall, take the next
+        L-BFGS step from the accepted point."""
+        q, inner = resolve(c.theta, c.q)
+        value, grad = jax.value_and_grad(negative_elbo)(c.theta, q)
+        change = c.best[2] - value  # the increase of F (inf at the start)
+        scale = 1.0 + jnp.abs(value)
+        small = (jnp.max(jnp.abs(grad)) <= gtol * scale) & (jnp.abs(change) <= ftol * scale)
+        finite = _all_finite((q, value, grad))
+        outcome = Outcome.where(
+            ~finite,
+            Outcome.failed,
+            Outcome.where(
+                small, Outcome.converged, Outcome.where(change <= 0, Outcome.stalled, c.outcome)
+            ),
+        )
+        accept = finite & (change >= 0)
+        memory = _remember(c.memory, c.theta - c.best[0], grad - c.best[3])
+        memory = jax.tree.map(lambda new, old: jnp.where(accept, new, old), memory, c.memory)
+        best = jax.tree.map(
+            lambda new, old: jnp.where(accept, new, old), (c.theta, q, value, grad), c.best
+        )
+        theta, q, value, grad = best
+        candidate = line_search(theta, q, value, grad, _direction(memory, grad))
+        change = jnp.where(accept, change, c.change)
+        return _Carry(
+            candidate, q, memory, best, change, c.step + 1, c.inner_steps + inner, outcome
+        )
+
+    inf = jnp.asarray(jnp.inf, theta.dtype)
+    pairs = jnp.zeros((memory_size, theta.shape[0]), theta.dtype)
+    start = _Carry(
+        theta, q, (pairs, pairs, jnp.asarray(0), jnp.asarray(0)),
+        (theta, q, inf, jnp.zeros_like(theta)), inf, jnp.asarray(-1), jnp.asarray(0),
+        Outcome.max_steps,
+    )  # fmt: skip
+
+    def running(c: _Carry):
+        # `step` counts L-BFGS steps: the first iteration only solves `q` at the start.
+        return (c.outcome == Outcome.max_steps) & (c.step < max_steps)
+
+    c = jax.lax.while_loop(running, iterate, start)
+    theta, q, value, grad = c.best
+    return HyperparameterResult(
+        model_at(theta), q, -value, jnp.max(jnp.abs(grad)), c.change,
+        jnp.maximum(c.step, 0), c.inner_steps, c.outcome,
+    )  # fmt: skip

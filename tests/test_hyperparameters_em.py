@@ -1,0 +1,120 @@
+"""`fit_hyperparameters` (variational EM with L-BFGS): against scipy's L-BFGS on the closed-form
+log marginal likelihood, against the Adam-based learner run long, and honest outcomes."""
+
+import warnings
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+import scipy.optimize
+from helpers import tutorial_model
+
+import ngvi
+
+JITTER = 1e-6
+
+
+def _regression_data(n=40, seed=0):
+    rng = np.random.default_rng(seed)
+    X = np.sort(rng.uniform(-3.0, 3.0, n))
+    return X, np.sin(2.0 * X) + 0.3 * rng.standard_normal(n)
+
+
+def _exact_log_marginal(log_params, X, y):
+    """`log N(y | 0, s2 exp(-|x - x'|^2 / 2 ell^2) + (noise + jitter) I)` in numpy."""
+    log_variance, log_lengthscale, log_noise = log_params
+    d2 = (X[:, None] - X[None, :]) ** 2
+    C = np.exp(log_variance) * np.exp(-0.5 * d2 / np.exp(2 * log_lengthscale))
+    C = C + (JITTER + np.exp(log_noise)) * np.eye(len(X))
+    L = np.linalg.cholesky(C)
+    alpha = np.linalg.solve(L, y)
+    return -0.5 * alpha @ alpha - np.sum(np.log(np.diag(L))) - 0.5 * len(X) * np.log(2 * np.pi)
+
+
+def _gaussian_model(X, y):
+    kernel = ngvi.kernels.SquaredExponential(variance=1.0, lengthscale=1.0)
+    return ngvi.Model(ngvi.GPPrior(kernel, jitter=JITTER), ngvi.likelihoods.Gaussian(1.0), X, y)
+
+
+def test_gaussian_maximises_the_exact_log_marginal_likelihood():
+    X, y = _regression_data()
+    direct = scipy.optimize.minimize(
+        lambda t: -_exact_log_marginal(t, X, y),
+        np.zeros(3),
+        method="L-BFGS-B",
+        options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 10_000},
+    )
+    result = ngvi.fit_hyperparameters(_gaussian_model(X, y))
+    assert result.converged, result.message
+    assert result.outcome == ngvi.HyperparameterOutcome.converged
+    kernel, likelihood = result.model.prior.kernel, result.model.likelihood
+    learned = np.log(
+        [float(kernel.variance), float(kernel.lengthscale), float(likelihood.variance)]
+    )
+    np.testing.assert_allclose(learned, direct.x, atol=1e-4)
+    # F is the exact log marginal likelihood at the learned hyperparameters, and its maximum.
+    np.testing.assert_allclose(result.elbo, _exact_log_marginal(learned, X, y), rtol=1e-10)
+    assert float(result.elbo) >= -direct.fun - 1e-9
+    assert float(result.grad_norm) <= 1e-5 * (1 + abs(float(result.elbo)))
+    assert 0 <= float(result.elbo_change) <= 1e-9 * (1 + abs(float(result.elbo)))
+    # A Gaussian likelihood is solved by one natural step (plus two that confirm it).
+    assert int(result.num_inner_steps) <= 3 * (int(result.num_steps) + 1)
+
+
+def test_probit_converges_above_the_adam_learner():
+    model = tutorial_model()
+    result = ngvi.fit_hyperparameters(model)
+    assert result.converged, result.message
+    assert float(result.grad_norm) <= 1e-5 * (1 + abs(float(result.elbo)))
+    np.testing.assert_allclose(result.elbo, result.model.elbo(result.q), rtol=1e-12)
+    adam = ngvi.LearnHyperparameters(optax.adam(0.05))
+    long_run = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), 3000, learn=adam, progress=False)
+    assert float(result.elbo) >= float(long_run.elbo) - 1e-9
+    # q is the optimum for the learned hyperparameters: more natural steps do not raise it.
+    more = ngvi.fit(result.model, ngvi.NaturalGradient(lr=1.0), 20, q=result.q, progress=False)
+    assert float(more.elbo) - float(result.elbo) < 1e-8
+
+
+def test_budget_exhausted_is_not_converged():
+    result = ngvi.fit_hyperparameters(tutorial_model(), max_steps=2)
+    assert not result.converged
+    assert result.outcome == ngvi.HyperparameterOutcome.max_steps
+    assert int(result.num_steps) == 2
+    assert "budget" in result.message
+    start = ngvi.fit(tutorial_model(), ngvi.NaturalGradient(lr=1.0), 20, progress=False)
+    assert float(result.elbo) > float(start.elbo)  # F rose even so
+    none = ngvi.fit_hyperparameters(tutorial_model(), max_steps=0)
+    assert int(none.num_steps) == 0 and not none.converged
+
+
+def test_where_and_bad_arguments():
+    X, y = _regression_data(20)
+    model = _gaussian_model(X, y)
+    result = ngvi.fit_hyperparameters(model, where=lambda m: m.likelihood)
+    assert result.converged
+    assert float(result.model.prior.kernel.log_variance) == float(model.prior.kernel.log_variance)
+    assert float(result.model.likelihood.log_variance) != float(model.likelihood.log_variance)
+    with pytest.raises(ValueError, match="nothing"):
+        ngvi.fit_hyperparameters(tutorial_model(), where=lambda m: m.likelihood)  # probit
+    with pytest.raises(ValueError, match="max_steps"):
+        ngvi.fit_hyperparameters(model, max_steps=-1)
+
+
+def test_classifier_uses_the_converged_learner():
+    X, y = ngvi.datasets.tutorial()
+    from ngvi.sklearn import GaussianProcessClassifier
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no ConvergenceWarning
+        clf = GaussianProcessClassifier(ard=False, standardize=False).fit(X[:, None], y)
+    direct = ngvi.fit_hyperparameters(
+        ngvi.Model(
+            ngvi.GPPrior(ngvi.kernels.SquaredExponential(1.0, 1.0), jitter=1e-6),
+            ngvi.likelihoods.Probit(),
+            jnp.asarray(X[:, None]),
+            y,
+        )
+    )
+    np.testing.assert_allclose(clf.elbo_, float(direct.elbo), rtol=1e-10)
+    assert clf.n_iter_ == int(direct.num_steps)
