@@ -1,5 +1,6 @@
 """The Poisson likelihood with a log link and optional exposure."""
 
+import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 from jax.scipy.special import gammaln
@@ -19,25 +20,39 @@ class Poisson(AbstractLikelihood):
     $\lambda$ and the variance $\lambda + (e^v - 1)\lambda^2$.
 
     `exposure` is an optional positive array broadcast against $f$ (shape `()` or `(n,)`).
+
+    `integer_counts=False` accepts any non-negative real `y`, as scikit-learn's
+    `PoissonRegressor` does: the log-likelihood, with $\log y! = \log\Gamma(y + 1)$, is
+    defined for real `y` (a quasi-likelihood for rates or averaged counts).
     """
 
     exposure: Float[Array, "..."] | None
+    integer_counts: bool = eqx.field(static=True)
 
-    def __init__(self, exposure: ArrayLike | None = None, *, num_quadrature_points: int = 20):
+    def __init__(
+        self,
+        exposure: ArrayLike | None = None,
+        *,
+        integer_counts: bool = True,
+        num_quadrature_points: int = 20,
+    ):
         if exposure is not None:
             check_positive(exposure, "exposure")
             exposure = jnp.asarray(exposure, dtype=float)
         self.exposure = exposure
+        self.integer_counts = bool(integer_counts)
         self.num_quadrature_points = num_quadrature_points
 
     def prepare_targets(self, y: ArrayLike) -> np.ndarray:
         y = check_finite(y, "y")
         flat = y.ravel()
-        bad = np.flatnonzero((flat < 0) | (flat != np.round(flat)))
+        bad = np.flatnonzero((flat < 0) | (self.integer_counts & (flat != np.round(flat))))
         if bad.size:
+            kind = "non-negative integers" if self.integer_counts else "non-negative"
+            hint = " (pass `integer_counts=False` for real targets)" if flat[bad[0]] >= 0 else ""
             raise ValueError(
-                "Poisson counts must be non-negative integers; "
-                f"found {flat[bad[0]]:g} at index {int(bad[0])}."
+                f"Poisson counts must be {kind}; found {flat[bad[0]]:g} at index "
+                f"{int(bad[0])}{hint}."
             )
         if self.exposure is not None and jnp.shape(self.exposure) not in ((), y.shape):
             raise ValueError(

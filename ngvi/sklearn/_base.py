@@ -103,7 +103,34 @@ class BaseGP(BaseEstimator):
         """The natural-gradient step size (1 is exact for a Gaussian likelihood)."""
         return 1.0
 
+    # -- pickling ---------------------------------------------------------------------------
+    def __getstate__(self):
+        """The fitted model and posterior with NumPy leaves: a JAX array would be unpickled in
+        the process's default precision (float32 without `jax_enable_x64`), and the restored
+        estimator would predict differently (or NaN). Predictions convert them back to
+        float64 under `jax.enable_x64(True)`."""
+        state = dict(super().__getstate__())
+        for name in ("model_", "posterior_"):
+            if name in state:
+                state[name] = jax.tree.map(
+                    lambda leaf: np.asarray(leaf) if isinstance(leaf, jax.Array) else leaf,
+                    state[name],
+                )
+        return state
+
     # -- shared machinery -----------------------------------------------------------------
+    def _refuse_fit_params(self, fit_params: dict) -> None:
+        """`sample_weight` is refused with the reason (a weighted likelihood is not built
+        in); any other keyword is an error, as for a plain `fit(X, y)`."""
+        weights = fit_params.pop("sample_weight", None)
+        if weights is not None:
+            raise ValueError(
+                f"{type(self).__name__} does not support `sample_weight`: its likelihood "
+                "weighs every point equally. Repeat rows to weight them, or fit without it."
+            )
+        if fit_params:
+            raise TypeError(f"fit() got unexpected keyword arguments {sorted(fit_params)}.")
+
     def _check_parameters(self) -> None:
         if self.kernel not in _KERNELS:
             raise ValueError(f"`kernel` must be one of {sorted(_KERNELS)}, got {self.kernel!r}.")

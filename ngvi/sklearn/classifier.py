@@ -175,8 +175,9 @@ class GaussianProcessClassifier(ClassifierMixin, BaseGP):
     def _natural_step(self) -> float:
         return 0.5 if self._multi and self.multi_class == "robustmax" else 1.0
 
-    def fit(self, X, y):
+    def fit(self, X, y, **fit_params):
         """Fit to inputs `X` `(n, d)` and class labels `y` `(n,)` of any type."""
+        self._refuse_fit_params(fit_params)
         X, y = validate_data(self, X, y, dtype=np.float64)
         check_classification_targets(y)
         y_type = type_of_target(y, input_name="y", raise_unknown=True)

@@ -54,8 +54,9 @@ class GaussianProcessRegressor(RegressorMixin, BaseGP):
     def _make_likelihood(self):
         return _likelihoods.Gaussian(variance=float(self.noise_variance))
 
-    def fit(self, X, y):
+    def fit(self, X, y, **fit_params):
         """Fit to inputs `X` `(n, d)` and real targets `y` `(n,)`."""
+        self._refuse_fit_params(fit_params)
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         if self.normalize_y:
             scale = y.std()
@@ -85,8 +86,9 @@ class PoissonProcessRegressor(RegressorMixin, BaseGP):
 
     The constant prior mean `m0 = log(mean(y))` (floored at `log 1e-3`) is set from the data;
     the kernel is learned. `predict` returns the predictive mean rate `exp(m + v / 2)`.
-    Targets must be non-negative integers. Arguments as for `GaussianProcessClassifier`
-    (without `likelihood`).
+    Targets must be non-negative; like scikit-learn's `PoissonRegressor`, real values (rates,
+    averaged counts) are accepted (`Poisson(integer_counts=False)`). Arguments as for
+    `GaussianProcessClassifier` (without `likelihood`).
     """
 
     def __sklearn_tags__(self):
@@ -95,13 +97,14 @@ class PoissonProcessRegressor(RegressorMixin, BaseGP):
         return tags
 
     def _make_likelihood(self):
-        return _likelihoods.Poisson()
+        return _likelihoods.Poisson(integer_counts=False)
 
     def _prior_mean(self, y: np.ndarray) -> float:
         return float(np.log(max(float(np.mean(y)), 1e-3)))
 
-    def fit(self, X, y):
+    def fit(self, X, y, **fit_params):
         """Fit to inputs `X` `(n, d)` and counts `y` `(n,)`."""
+        self._refuse_fit_params(fit_params)
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
         return self._fit_latent(X, y)
 
