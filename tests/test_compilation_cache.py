@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 SCRIPT = """
 import jax, ngvi
 jax.config.update("jax_enable_x64", True)
@@ -23,6 +25,7 @@ def _run(env_changes: dict) -> str:
     return next(ln for ln in done.stdout.splitlines() if ln.startswith("DIR"))[4:]
 
 
+@pytest.mark.slow
 def test_opting_in_caches_fits_in_the_ngvi_cache_directory(tmp_path):
     directory = tmp_path / "cache"
     env = {"NGVI_CACHE_DIR": str(directory), "NGVI_COMPILATION_CACHE": "1"}

@@ -53,7 +53,18 @@ def _run(script: Path, tmp_path: Path) -> str:
     return completed.stdout
 
 
-@pytest.mark.parametrize("script", EXAMPLES, ids=lambda path: path.stem)
+# The two sparse examples take half a minute each even in quick mode: `make test-slow`.
+SLOW_EXAMPLES = {"sparse_skin", "letter_sparse"}
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        pytest.param(path, marks=pytest.mark.slow) if path.stem in SLOW_EXAMPLES else path
+        for path in EXAMPLES
+    ],
+    ids=lambda path: path.stem,
+)
 def test_example_runs_and_prints_finite_numbers(script, tmp_path):
     output = _run(script, tmp_path)
     assert "ELBO" in output, output

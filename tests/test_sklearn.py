@@ -340,7 +340,7 @@ X = rng.normal(size=(40, 2))
 targets = ((X[:, 0] > 0).astype(int), np.sin(X[:, 0]), rng.poisson(2.0, 40))
 for make, y in zip((GaussianProcessClassifier, GaussianProcessRegressor,
                     PoissonProcessRegressor), targets):
-    est = make(num_steps=20, random_state=0).fit(X, y)
+    est = make(num_steps=5, random_state=0, learn_hyperparameters=False).fit(X, y)
     again = pickle.loads(pickle.dumps(est))
     predict = "predict_proba" if hasattr(est, "predict_proba") else "predict"
     a, b = getattr(est, predict)(X), getattr(again, predict)(X)
