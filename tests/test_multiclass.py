@@ -261,8 +261,8 @@ def test_robust_max_natural_gradient_reaches_the_independent_optimum():
 
 def test_two_latent_dense_gp_does_not_deadlock_xla(tmp_path):
     """Regression: with XLA's concurrency-optimised CPU scheduler this program (a vmapped
-    Cholesky over two latents' 300 x 300 kernel matrices) hung forever on two cores; importing
-    ngvi turns that scheduler off (`ngvi/_xla.py`)."""
+    Cholesky over two latents' 300 x 300 kernel matrices) hung forever on two cores; the latents'
+    factorisations now run one after another (`each_latent`; see `ngvi/_xla.py`)."""
     import subprocess
     import sys
 
