@@ -58,7 +58,31 @@ def chunked_sum(fn, rows: PyTree, chunk: int) -> PyTree:
 
 def chunked_rows(fn, rows: PyTree, chunk: int) -> PyTree:
     """`fn` applied chunk by chunk to rows, its per-row outputs (leading axis `c`) assembled
-    into arrays with `N` rows: `O(N)` output, one chunk of work memory."""
+    into arrays with `N` rows: `O(N)` output, one chunk of work memory (a `lax.scan` writing
+    each chunk into its place)."""
+    num_rows = jax.tree_util.tree_leaves(rows)[0].shape[0]
+    chunk = balanced(num_rows, chunk)
+    starts = _starts(num_rows, chunk)
+    if starts.shape[0] == 1:
+        return fn(rows)
+    shapes = jax.eval_shape(fn, _rows(rows, 0, chunk))
+    buffers = jax.tree.map(lambda s: jnp.zeros((num_rows,) + s.shape[1:], s.dtype), shapes)
+
+    def body(out, start):
+        values = fn(_rows(rows, start, chunk))
+        out = jax.tree.map(
+            lambda o, v: jax.lax.dynamic_update_slice_in_dim(o, v, start, axis=0), out, values
+        )
+        return out, None
+
+    out, _ = jax.lax.scan(body, buffers, starts)
+    return out
+
+
+def mapped_rows(fn, rows: PyTree, chunk: int) -> PyTree:
+    """As `chunked_rows`, without a loop carry (`lax.map`, then the chunks concatenated), for
+    use inside `shard_map`, where a carry created outside the mapped rows has the wrong
+    varying-axis type."""
     num_rows = jax.tree_util.tree_leaves(rows)[0].shape[0]
     chunk = balanced(num_rows, chunk)
     starts = _starts(num_rows, chunk)

@@ -12,7 +12,7 @@ from ..likelihoods import AbstractLikelihood
 from ..parameters import learnable
 from ..priors import GPPrior
 from .base import AbstractModel, check_family, check_latents
-from .chunks import chunked_rows, chunked_sum
+from .chunks import chunked_rows, chunked_sum, mapped_rows
 from .inducing import kmeans_inducing
 
 
@@ -146,7 +146,12 @@ class SparseModel(AbstractModel):
         rows = self._rows(batch).X
         if self.sharding is None:
             return self.whitened_marginals_at(q, rows)
-        return self.sharding.map_rows(lambda X: self.whitened_marginals_at(q, X), rows)
+        factor = self._factor()
+
+        def local(X):
+            return mapped_rows(lambda Xc: q.project(self._view(factor, Xc)), X, self.chunk_size)
+
+        return self.sharding.map_rows(local, rows)
 
     def whitened_marginals_at(self, q, X_new):
         factor = self._factor()
