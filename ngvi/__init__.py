@@ -15,6 +15,7 @@ from .families import (
     DenseGaussianVariational as DenseGaussianVariational,
     DiagonalGaussianVariational as DiagonalGaussianVariational,
     Marginals as Marginals,
+    CoupledSiteGaussianVariational as CoupledSiteGaussianVariational,
     SiteGaussianVariational as SiteGaussianVariational,
     SiteStatistics as SiteStatistics,
     WhitenedGaussianVariational as WhitenedGaussianVariational,

@@ -6,6 +6,7 @@ from .base import (
     Marginals as Marginals,
     SiteStatistics as SiteStatistics,
 )
+from .coupled_sites import CoupledSiteGaussianVariational as CoupledSiteGaussianVariational
 from .dense import DenseGaussianVariational as DenseGaussianVariational
 from .diagonal import DiagonalGaussianVariational as DiagonalGaussianVariational
 from .moments import WhitenedGaussianVariational as WhitenedGaussianVariational

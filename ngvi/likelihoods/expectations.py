@@ -7,6 +7,8 @@ conversion, so a likelihood author never sees the latent axis unless the likelih
 several latents.
 """
 
+from typing import NamedTuple
+
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
@@ -28,7 +30,11 @@ def _per_point(method, y, marginals: Marginals) -> SiteStatistics:
 
 
 def expected_statistics(likelihood, y: Float[Array, " B"], marginals: Marginals) -> SiteStatistics:
-    """`E_q[log p]`, `E_q[g]`, `E_q[H]` by the likelihood's closed forms or quadrature."""
+    """`E_q[log p]`, `E_q[g]`, `E_q[H]` by the likelihood's closed forms or quadrature; under a
+    full `(B, C, C)` covariance per point (the coupled family), by Monte Carlo with the
+    likelihood's common random numbers (`coupled_statistics`)."""
+    if marginals.variance.ndim == 3:
+        return SiteStatistics(*coupled_statistics(likelihood, y, marginals)[:3])
     return _per_point(likelihood.expected_derivatives, y, marginals)
 
 
@@ -38,10 +44,87 @@ def gauss_newton_statistics(likelihood, y, marginals: Marginals) -> SiteStatisti
 
 
 def expected_log_prob(likelihood, y, marginals: Marginals) -> Float[Array, " B"]:
-    """`E_q[log p(y_b | f_b)]` per point (closed form or quadrature)."""
+    """`E_q[log p(y_b | f_b)]` per point (closed form or quadrature; Monte Carlo with common
+    random numbers under a full covariance per point)."""
+    if marginals.variance.ndim == 3:
+        return coupled_statistics(likelihood, y, marginals, derivatives=False).log_prob
     if marginals.mean.shape[1] == 1 and marginals.variance.ndim == 2:
         return likelihood.expected_log_prob(y, marginals.mean[:, 0], marginals.variance[:, 0])
     return likelihood.expected_log_prob(y, marginals.mean, marginals.variance)
+
+
+def expected_log_prob_error(likelihood, y, marginals: Marginals) -> Float[Array, " B"]:
+    """The standard error of `expected_log_prob` per point (0 where it is exact)."""
+    if marginals.variance.ndim == 3:
+        return coupled_statistics(likelihood, y, marginals, derivatives=False).error
+    error = getattr(likelihood, "expected_log_prob_error", None)
+    if error is None:
+        return jnp.zeros(marginals.mean.shape[0], marginals.mean.dtype)
+    return error(y, marginals.mean, marginals.variance)
+
+
+class CoupledStatistics(NamedTuple):
+    """Monte Carlo statistics under a full covariance per point (`coupled_statistics`)."""
+
+    log_prob: Float[Array, " B"]
+    grad: Float[Array, "B C"] | None
+    hess: Float[Array, "B C C"] | None
+    error: Float[Array, " B"]
+
+
+_SAMPLE_CHUNK = 32
+
+
+def coupled_statistics(
+    likelihood, y, marginals: Marginals, derivatives: bool = True
+) -> CoupledStatistics:
+    """`E[log p]`, `E[g]` and the full `E[H]` per point when `f_b ~ N(m_b, V_b)` with a full
+    `C x C` covariance: averages over `num_mc_samples` antithetic draws `f = m_b +/- V_b^1/2 eps`
+    from the likelihood's fixed key `mc_seed` (common random numbers: a smooth, deterministic
+    function of `q`; antithetic pairs make `E[g]` exact for a gradient linear in `f`),
+    accumulated `32` draws at a time so memory is `O(32 B C^2)`; `error` is the
+    standard error of `E[log p]`."""
+    full = getattr(likelihood, "full_derivatives", None)
+    if full is None or not likelihood.differentiable:
+        raise ValueError(
+            f"{type(likelihood).__name__} has no Monte Carlo derivatives under a full "
+            "covariance per point; the coupled family needs a differentiable likelihood with "
+            "several latents (e.g. Softmax)."
+        )
+    mean, covariance = marginals
+    values, vectors = jnp.linalg.eigh(0.5 * (covariance + jnp.swapaxes(covariance, -1, -2)))
+    root = jnp.einsum("bij,bj,bkj->bik", vectors, jnp.sqrt(jnp.maximum(values, 0.0)), vectors)
+    count = likelihood.num_mc_samples
+    chunks = -(-count // _SAMPLE_CHUNK)
+    half = jax.random.normal(
+        jax.random.PRNGKey(likelihood.mc_seed), ((count + 1) // 2,) + mean.shape, mean.dtype
+    )
+    noise = jnp.concatenate([half, -half])[:count]
+    padding = jnp.zeros((chunks * _SAMPLE_CHUNK - count,) + mean.shape, mean.dtype)
+    noise = jnp.concatenate([noise, padding])
+    used = (jnp.arange(chunks * _SAMPLE_CHUNK) < count).astype(mean.dtype)
+
+    def per_sample(f_s):  # (B, C) -> log p and, when asked, its derivatives
+        if derivatives:
+            log_p, grad, hess = full(f_s, y)
+            return log_p, log_p**2, grad, hess
+        log_p = likelihood.log_prob(f_s, y)
+        return log_p, log_p**2
+
+    def one_chunk(total, chunk):
+        eps, weight = chunk
+        values = jax.vmap(per_sample)(mean[None] + jnp.einsum("bij,sbj->sbi", root, eps))
+        sums = jax.tree.map(lambda v: jnp.tensordot(weight, v, axes=1), values)
+        return jax.tree.map(jnp.add, total, sums), None
+
+    zeros = jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), jax.eval_shape(per_sample, mean))
+    split = lambda a: a.reshape((chunks, _SAMPLE_CHUNK) + a.shape[1:])  # noqa: E731
+    sums, _ = jax.lax.scan(one_chunk, zeros, (split(noise), split(used)))
+    log_prob, squares = sums[0] / count, sums[1] / count
+    error = jnp.sqrt(jnp.maximum(squares - log_prob**2, 0.0) / count)
+    if not derivatives:
+        return CoupledStatistics(log_prob, None, None, error)
+    return CoupledStatistics(log_prob, sums[2] / count, sums[3] / count, error)
 
 
 def sampled_statistics(

@@ -58,6 +58,16 @@ class AbstractMultiLatentLikelihood(AbstractLikelihood):
 
         return jax.vmap(point)(f, jnp.asarray(y))
 
+    def full_derivatives(self, f: Matrix, y: ArrayLike) -> tuple[Array, Matrix, Array]:
+        """`log p`, its gradient and its full `C x C` Hessian in `f`, per point (for the
+        coupled family, `Model(..., family="coupled")`); a subclass may give a closed form."""
+
+        def point(f_i, y_i):
+            log_p = lambda f: self.log_prob(f, y_i)  # noqa: E731
+            return log_p(f_i), jax.grad(log_p)(f_i), jax.hessian(log_p)(f_i)
+
+        return jax.vmap(point)(f, jnp.asarray(y))
+
     def expected_log_prob(self, y, mean: Matrix, variance: Matrix) -> Float[Array, " n"]:
         """Monte Carlo (common random numbers) unless a subclass gives a closed form."""
         return jnp.mean(jax.vmap(lambda f: self.log_prob(f, y))(self._samples(mean, variance)), 0)

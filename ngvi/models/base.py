@@ -33,15 +33,15 @@ from ..families import (
 )
 from ..families.views import over_latents
 from ..likelihoods import AbstractLikelihood
-from ..likelihoods.expectations import expected_log_prob
+from ..likelihoods.expectations import expected_log_prob, expected_log_prob_error
 
 FAMILIES = ("full", "mean-field")
 FORMS = ("natural", "moments")
 
 
-def check_family(family: str) -> str:
-    if family not in FAMILIES:
-        raise ValueError(f"`family` must be one of {FAMILIES}, got {family!r}.")
+def check_family(family: str, allowed: tuple[str, ...] = FAMILIES) -> str:
+    if family not in allowed:
+        raise ValueError(f"`family` must be one of {allowed}, got {family!r}.")
     return family
 
 
@@ -190,11 +190,7 @@ class AbstractModel(eqx.Module):
         expectation is exact): `scale * sqrt(sum_b se_b^2)` over the points' independent
         estimates."""
         marginals, _ = self.latent_marginals_and_kl(q, batch)
-        error = getattr(self.likelihood, "expected_log_prob_error", None)
-        if error is None:
-            return jnp.zeros((), self.dtype)
-        y = self.targets(batch)
-        per_point = error(y, marginals.mean, marginals.variance)
+        per_point = expected_log_prob_error(self.likelihood, self.targets(batch), marginals)
         return self.batch_scale(batch) * jnp.sqrt(jnp.sum(per_point**2))
 
     def elbo(self, q: AbstractVariational, batch: Data | None = None) -> Float[Array, ""]:

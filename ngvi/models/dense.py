@@ -5,10 +5,25 @@ import jax.numpy as jnp
 import numpy as np
 
 from .._data import Data, as_inputs, prepare_data
-from ..families import SiteGaussianVariational
+from ..families import CoupledSiteGaussianVariational, SiteGaussianVariational
 from ..likelihoods import AbstractLikelihood
 from ..priors import AbstractPrior, GaussianPrior
-from .base import AbstractModel, check_family, check_latents
+from .base import FAMILIES, AbstractModel, check_family, check_latents
+
+
+def _check_coupled(prior, likelihood) -> None:
+    if not prior.has_sites:
+        raise ValueError("family='coupled' is for GP priors (one C x C site per data point).")
+    if likelihood.num_latent < 2:
+        raise ValueError(
+            "family='coupled' couples several latent functions; this likelihood has one: "
+            "use family='full'."
+        )
+    if not likelihood.differentiable:
+        raise ValueError(
+            f"{type(likelihood).__name__} is piecewise constant in f, so the coupled family's "
+            "Monte Carlo derivatives would be zero; use family='full' (exact expectations)."
+        )
 
 
 class Model(AbstractModel):
@@ -26,7 +41,10 @@ class Model(AbstractModel):
     - `X`: inputs `(n,)` or `(n, d)`; for a `GaussianPrior`, the `(n, D)` design matrix.
     - `y`: targets `(n,)`.
     - `family`: `"full"` (default: a full-covariance Gaussian; for a GP, held as the prior
-      plus one site per data point) or `"mean-field"` (independent whitened coordinates).
+      plus one site per data point and latent function, the latents independent),
+      `"mean-field"` (independent whitened coordinates), or, for a GP with several latent
+      functions, `"coupled"` (one `C x C` site per data point, so the latents are correlated
+      under `q`; `ngvi.families.CoupledSiteGaussianVariational`, `O(C^3 N^3)` per step).
 
     **Raises:** `ValueError` naming the problem (NaN/inf, mismatched shapes, empty inputs,
     labels outside the likelihood's support) before any compilation. A kernel matrix that is
@@ -55,8 +73,10 @@ class Model(AbstractModel):
             raise TypeError(f"`likelihood` must be an AbstractLikelihood, got {type(likelihood)}.")
         if not isinstance(prior, AbstractPrior):
             raise TypeError(f"`prior` must be a GPPrior or a GaussianPrior, got {type(prior)}.")
-        self.family = check_family(family)
+        self.family = check_family(family, FAMILIES + ("coupled",))
         check_latents(prior, likelihood)
+        if self.family == "coupled":
+            _check_coupled(prior, likelihood)
         self.data = prepare_data(likelihood, X, y)
         if isinstance(prior, GaussianPrior) and as_inputs(X).shape[1] != prior.dim:
             raise ValueError(
@@ -99,6 +119,16 @@ class Model(AbstractModel):
 
     def site_prediction_view(self, X_new):
         return self.prior.site_prediction_view(self.data.X, X_new)
+
+    def init_variational(self, form: str = "natural"):
+        if self.family != "coupled":
+            return super().init_variational(form)
+        if form != "natural":
+            raise ValueError(
+                "The coupled family is held in natural parameters only (natural-gradient "
+                "strategies: NaturalGradient, BLR); for Adam use family='full'."
+            )
+        return CoupledSiteGaussianVariational.at_prior(self.num_data, self.num_latent, self.dtype)
 
     def _full_natural_family(self, num_latent, dim, dtype):
         if self.prior.has_sites:
