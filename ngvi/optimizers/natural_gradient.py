@@ -22,13 +22,15 @@ from .safeguards import backoff_update
 
 class Retreat(eqx.Module):
     """The state of the natural step: the point the last step moved from, its target, ELBO
-    and coordinate mean, and the trust factor that multiplies the step size."""
+    and coordinate mean, the trust factor that multiplies the step size, and the step size
+    the last step accepted (after backoff)."""
 
     q: AbstractVariational
     target: tuple[Array, Array]
     elbo: Float[Array, ""]
     mean: Array | None
     trust: Float[Array, ""]
+    step_size: Float[Array, ""]
 
 
 class AbstractNaturalStep(AbstractOptimizer):
@@ -43,8 +45,11 @@ class AbstractNaturalStep(AbstractOptimizer):
     precision floor) and one more: *retreat*. If the ELBO of `q` is below that of the point the
     previous step moved from by more than `decrease_tolerance * (1 + |ELBO|)`, the step is
     taken again from that point with half the trust (the step size is `trust * rho`; full-batch
-    steps only, since a minibatch ELBO is a noisy estimate); each accepted step grows the trust
-    by a quarter, back towards 1. A natural-gradient step with a small enough step size
+    steps only, since a minibatch ELBO is a noisy estimate) and at most half the step size the
+    rejected step accepted, so a retreat never proposes the rejected point again (had backoff
+    shortened the rejected step, halving the trust alone could back off to that same point, and
+    its repeated ELBO would pass for convergence); each accepted step grows the trust by a
+    quarter, back towards 1. A natural-gradient step with a small enough step size
     increases the ELBO, so this stops divergence (e.g. the mean-field rule on
     strongly correlated posteriors) without changing the fixed point; `StepInfo` counts a
     retreat as a backoff and reports the step size actually taken. Subclasses say only where
@@ -88,7 +93,8 @@ class AbstractNaturalStep(AbstractOptimizer):
         mean = None
         if self._needs_mean:
             mean = q.coordinate_mean(model.latent_marginals_and_kl(q)[0])
-        state = Retreat(q, q.parameters, jnp.asarray(-jnp.inf, dtype), mean, jnp.ones((), dtype))
+        one = jnp.ones((), dtype)
+        state = Retreat(q, q.parameters, jnp.asarray(-jnp.inf, dtype), mean, one, one)
         return q, state
 
     def step(self, model, q, state: Retreat, batch, step_count, key):
@@ -101,26 +107,30 @@ class AbstractNaturalStep(AbstractOptimizer):
         margin = self.decrease_tolerance * (1.0 + jnp.abs(state.elbo))
         # A minibatch ELBO is a noisy estimate on a different batch each step: no retreat.
         retreat = (elbo < state.elbo - margin) & (batch is None)
-        here = Retreat(q, target, elbo, mean, jnp.minimum(1.25 * state.trust, 1.0))
-        back = Retreat(state.q, state.target, state.elbo, state.mean, 0.5 * state.trust)
+        here = Retreat(q, target, elbo, mean, jnp.minimum(1.25 * state.trust, 1.0), state.step_size)
+        back = Retreat(
+            state.q, state.target, state.elbo, state.mean, 0.5 * state.trust, state.step_size
+        )
         base = jax.tree.map(lambda a, b: jnp.where(retreat, a, b), back, here)
         if self.lr is None:
             scheduled = default_step_size(step_count, scale)
         else:
             scheduled = step_size_at(self.lr, step_count)
         scheduled = jnp.maximum(scheduled.astype(marginals.mean.dtype), 0.0)
+        rho = base.trust * scheduled
+        rho = jnp.where(retreat, jnp.minimum(rho, 0.5 * state.step_size), rho)
         new_q, accepted, num_backoffs = backoff_update(
             base.q,
             base.target,
             base.mean,
-            base.trust * scheduled,
+            rho,
             self.max_backoffs,
             psd_correction=self.psd_correction,
             precision_floor=self.precision_floor,
         )
         num_backoffs = num_backoffs + retreat.astype(num_backoffs.dtype)
         info = StepInfo(elbo, accepted, num_backoffs, new_q.min_precision(), scheduled)
-        return new_q, base, info
+        return new_q, eqx.tree_at(lambda s: s.step_size, base, accepted), info
 
 
 class NaturalGradient(AbstractNaturalStep):
