@@ -130,6 +130,7 @@ def test_poisson_counts(tmp_path):
     np.testing.assert_allclose(metrics["rate_rmse"], np.sqrt(np.mean((rate - truth) ** 2)))
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 @pytest.mark.parametrize("optimizer", ["adam", "blr", "gauss-newton"])
 def test_other_optimizers(tmp_path, optimizer):
     import ngvi
@@ -236,6 +237,7 @@ def test_out_is_checked_before_fitting(tmp_path, capsys):
     _assert_one_line_error(capsys, "--save", "is a folder")
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_an_interrupted_write_keeps_the_previous_results(tmp_path, monkeypatch):
     import ngvi.cli.fit as fit_command
 

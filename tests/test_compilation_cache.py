@@ -33,6 +33,7 @@ def test_opting_in_caches_fits_in_the_ngvi_cache_directory(tmp_path):
     assert any(directory.iterdir())  # the compiled fit loop was written there
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_the_cache_is_off_by_default_and_a_users_own_is_kept(tmp_path):
     assert _run({"NGVI_CACHE_DIR": str(tmp_path / "a")}) == "None"
     assert not (tmp_path / "a").exists()

@@ -1,6 +1,7 @@
 """The demo (`make demo` / `python -m ngvi demo`) runs, and its table tells the known story."""
 
 import numpy as np
+import pytest
 from problems import PROBLEMS, reference_optimum
 
 import ngvi
@@ -8,6 +9,7 @@ from ngvi.__main__ import main
 from ngvi.demo import run_demo
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_demo_runs_every_strategy_and_writes_its_plots(tmp_path, capsys):
     runs = run_demo(out=str(tmp_path), quick=True)
     printed = capsys.readouterr().out

@@ -62,6 +62,7 @@ def test_gaussian_maximises_the_exact_log_marginal_likelihood():
     assert int(result.num_inner_steps) <= 3 * (int(result.num_steps) + 1)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_probit_converges_above_the_adam_learner():
     model = tutorial_model()
     result = ngvi.fit_hyperparameters(model)

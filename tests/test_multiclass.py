@@ -287,6 +287,7 @@ def test_two_latent_dense_gp_does_not_deadlock_xla(tmp_path):
     assert np.isfinite(float(done.stdout.strip().splitlines()[-1]))
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_ten_class_dense_gp_does_not_hang(tmp_path):
     """Regression: the multi-class classifier's ten-class dense softmax GP on 1,257 digits hung
     for good (every XLA worker idle) in the batched Cholesky factors over the latents, even

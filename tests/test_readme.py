@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 _BLOCK = re.compile(r"^```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 _NON_FINITE = re.compile(r"\b(?:nan|inf)\b", re.IGNORECASE)
@@ -19,6 +21,7 @@ def test_block_extraction():
     assert python_blocks(text) == ["x = 1\n", "print(x)\n"]
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_readme_python_blocks_run():
     blocks = python_blocks((ROOT / "README.md").read_text())
     assert blocks, "README.md has no ```python blocks"

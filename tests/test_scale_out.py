@@ -186,6 +186,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_two_processes_fit_equals_one_process(tmp_path):
     port, path = str(_free_port()), str(tmp_path / "result.json")
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
@@ -230,6 +231,7 @@ class _WatchedStream(ngvi.Stream):
         return super().rows(indices, likelihood, dtype)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_streamed_fit_from_a_memory_map_equals_the_in_memory_fit(tmp_path):
     N, B, Z = 1_000_000, 4096, jnp.linspace(-2.0, 2.0, 16)[:, None] * jnp.ones((1, 2))
     rng = np.random.default_rng(0)

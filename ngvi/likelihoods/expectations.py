@@ -29,11 +29,17 @@ def _per_point(method, y, marginals: Marginals) -> SiteStatistics:
     return SiteStatistics(*method(y, marginals.mean, marginals.variance))
 
 
+def _coupled(likelihood, marginals: Marginals) -> bool:
+    """Several latents per point with a full covariance (the coupled family); a parametric
+    model's one joint point (`JointLogLikelihood`) keeps its own expectations."""
+    return marginals.variance.ndim == 3 and hasattr(likelihood, "full_derivatives")
+
+
 def expected_statistics(likelihood, y: Float[Array, " B"], marginals: Marginals) -> SiteStatistics:
     """`E_q[log p]`, `E_q[g]`, `E_q[H]` by the likelihood's closed forms or quadrature; under a
     full `(B, C, C)` covariance per point (the coupled family), by Monte Carlo with the
     likelihood's common random numbers (`coupled_statistics`)."""
-    if marginals.variance.ndim == 3:
+    if _coupled(likelihood, marginals):
         return SiteStatistics(*coupled_statistics(likelihood, y, marginals)[:3])
     return _per_point(likelihood.expected_derivatives, y, marginals)
 
@@ -46,7 +52,7 @@ def gauss_newton_statistics(likelihood, y, marginals: Marginals) -> SiteStatisti
 def expected_log_prob(likelihood, y, marginals: Marginals) -> Float[Array, " B"]:
     """`E_q[log p(y_b | f_b)]` per point (closed form or quadrature; Monte Carlo with common
     random numbers under a full covariance per point)."""
-    if marginals.variance.ndim == 3:
+    if _coupled(likelihood, marginals):
         return coupled_statistics(likelihood, y, marginals, derivatives=False).log_prob
     if marginals.mean.shape[1] == 1 and marginals.variance.ndim == 2:
         return likelihood.expected_log_prob(y, marginals.mean[:, 0], marginals.variance[:, 0])
@@ -55,7 +61,7 @@ def expected_log_prob(likelihood, y, marginals: Marginals) -> Float[Array, " B"]
 
 def expected_log_prob_error(likelihood, y, marginals: Marginals) -> Float[Array, " B"]:
     """The standard error of `expected_log_prob` per point (0 where it is exact)."""
-    if marginals.variance.ndim == 3:
+    if _coupled(likelihood, marginals):
         return coupled_statistics(likelihood, y, marginals, derivatives=False).error
     error = getattr(likelihood, "expected_log_prob_error", None)
     if error is None:
