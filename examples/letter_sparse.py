@@ -20,6 +20,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import optax
+from sparse_skin import plot_elbo_trace  # examples/sparse_skin.py, next to this one
 
 import ngvi
 
@@ -95,29 +96,8 @@ def main(argv=None) -> dict:
     print(f"held-out accuracy: {accuracy:.4f}, NLPD: {nlpd:.4f} on {len(test)} letters")
     print(f"chance: accuracy {1 / len(letters):.4f}, NLPD {np.log(len(letters)):.4f}")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    trace = np.asarray(result.history.elbo) / len(train)
-    window = min(50, len(trace))
-    smooth = np.convolve(trace, np.ones(window) / window, mode="valid")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(trace, alpha=0.3, label="minibatch estimate")
-    ax.plot(np.arange(window - 1, len(trace)), smooth, label=f"{window}-step average")
-    ax.axhline(per_point, color="k", linestyle="--", label="final, full data")
-    ax.set_ylim(np.percentile(trace, 5) - 0.1, trace.max() + 0.05)
-    ax.set_xlabel("step")
-    ax.set_ylabel("ELBO per point")
-    ax.set_title("letter: 26 classes, minibatch natural gradients")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "letter_elbo.png", dpi=100)
-    plt.close(fig)
-    print(f"plot: {out / 'letter_elbo.png'}")
+    title = "letter: 26 classes, minibatch natural gradients"
+    plot_elbo_trace(result, len(train), Path(args.out) / "letter_elbo.png", title, (0.1, 0.05))
     return {"result": result, "accuracy": accuracy, "nlpd": nlpd}
 
 

@@ -22,6 +22,34 @@ import optax
 import ngvi
 
 
+def plot_elbo_trace(result, num_train: int, path: Path, title: str, margins) -> None:
+    """Plot the minibatch ELBO per point of `result.history`, its moving average over 50 steps
+    and the final full-data value to `path`; the y-axis runs from the 5th percentile less
+    `margins[0]` to the maximum plus `margins[1]`. (`letter_sparse.py` uses it too.)"""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    trace = np.asarray(result.history.elbo) / num_train
+    window = min(50, len(trace))
+    smooth = np.convolve(trace, np.ones(window) / window, mode="valid")
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(trace, alpha=0.3, label="minibatch estimate")
+    ax.plot(np.arange(window - 1, len(trace)), smooth, label=f"{window}-step average")
+    ax.axhline(float(result.elbo) / num_train, color="k", linestyle="--", label="final, full data")
+    ax.set_ylim(np.percentile(trace, 5) - margins[0], trace.max() + margins[1])
+    ax.set_xlabel("step")
+    ax.set_ylabel("ELBO per point")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    print(f"plot: {path}")
+
+
 def main(argv=None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="subsample for a fast run")
@@ -64,29 +92,8 @@ def main(argv=None) -> dict:
     print(f"held-out accuracy: {accuracy:.4f}, NLPD: {nlpd:.4f} on {len(test)} pixels")
     print(f"lengthscales: {np.round(np.asarray(result.model.prior.kernel.lengthscale), 3)}")
 
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    trace = np.asarray(result.history.elbo) / len(train)
-    window = min(50, len(trace))
-    smooth = np.convolve(trace, np.ones(window) / window, mode="valid")
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot(trace, alpha=0.3, label="minibatch estimate")
-    ax.plot(np.arange(window - 1, len(trace)), smooth, label=f"{window}-step average")
-    ax.axhline(float(result.elbo) / len(train), color="k", linestyle="--", label="final, full data")
-    ax.set_ylim(np.percentile(trace, 5) - 0.05, trace.max() + 0.02)
-    ax.set_xlabel("step")
-    ax.set_ylabel("ELBO per point")
-    ax.set_title("skin: minibatch natural gradients")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out / "skin_elbo.png", dpi=100)
-    plt.close(fig)
-    print(f"plot: {out / 'skin_elbo.png'}")
+    title = "skin: minibatch natural gradients"
+    plot_elbo_trace(result, len(train), Path(args.out) / "skin_elbo.png", title, (0.05, 0.02))
     return {"result": result, "accuracy": accuracy, "nlpd": nlpd}
 
 

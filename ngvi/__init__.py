@@ -12,10 +12,10 @@ from . import (
 from ._data import Data as Data
 from .families import (
     AbstractVariational as AbstractVariational,
+    CoupledSiteGaussianVariational as CoupledSiteGaussianVariational,
     DenseGaussianVariational as DenseGaussianVariational,
     DiagonalGaussianVariational as DiagonalGaussianVariational,
     Marginals as Marginals,
-    CoupledSiteGaussianVariational as CoupledSiteGaussianVariational,
     SiteGaussianVariational as SiteGaussianVariational,
     SiteStatistics as SiteStatistics,
     WhitenedGaussianVariational as WhitenedGaussianVariational,

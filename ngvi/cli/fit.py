@@ -25,7 +25,7 @@ import numpy as np
 
 from . import model as models
 from .data import UsageError, read_csv, split
-from .output import check_out_file, check_out_folder, quiet, replaced_folder
+from .output import check_out_file, check_out_folder, quiet, replaced_folder, write_failure
 from .report import metrics, poisson_log_predictive, report, write_predictions
 
 OPTIMIZERS = {
@@ -105,13 +105,8 @@ def run_fit(args: argparse.Namespace) -> int:
             return 2
         try:
             return _fit_and_report(args, problem)
-        except KeyboardInterrupt:
-            print(f"ngvi fit: interrupted; {args.out!r} is unchanged.", file=sys.stderr)
-            return 130
-        except OSError as error:
-            where = error.filename or args.out
-            print(f"ngvi fit: error: cannot write {where!r}: {error.strerror}", file=sys.stderr)
-            return 1
+        except (KeyboardInterrupt, OSError) as error:
+            return write_failure("fit", args.out, error)
 
 
 def _prepare(args) -> dict:

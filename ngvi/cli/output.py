@@ -13,6 +13,7 @@ import ctypes
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import warnings
 from pathlib import Path
@@ -28,11 +29,7 @@ def check_out_folder(path: str, flag: str = "--out") -> Path:
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise UsageError(f"{flag} {path!r} is a file, not a folder.")
-    parent = out.resolve().parent
-    if not parent.is_dir():
-        raise UsageError(f"{flag} {path!r}: the folder {str(parent)!r} does not exist.")
-    if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
-        raise UsageError(f"{flag} {path!r} is not writable.")
+    _check_writable(out, path, flag)
     if out.exists():
         others = sorted(p.name for p in out.iterdir() if p.name not in OUTPUTS)
         if others:
@@ -49,12 +46,28 @@ def check_out_file(path: str, flag: str) -> Path:
     out = Path(path)
     if out.is_dir():
         raise UsageError(f"{flag} {path!r} is a folder, not a file.")
+    _check_writable(out, path, flag)
+    return out
+
+
+def _check_writable(out: Path, path: str, flag: str) -> None:
+    """Refuse an output whose folder does not exist, or that cannot be created or replaced."""
     parent = out.resolve().parent
     if not parent.is_dir():
         raise UsageError(f"{flag} {path!r}: the folder {str(parent)!r} does not exist.")
     if not os.access(parent, os.W_OK | os.X_OK) or (out.exists() and not os.access(out, os.W_OK)):
         raise UsageError(f"{flag} {path!r} is not writable.")
-    return out
+
+
+def write_failure(command: str, out: str, error: KeyboardInterrupt | OSError) -> int:
+    """Say on stderr why `ngvi <command>` stopped before or while writing `out`, and return
+    the exit code: 130 if interrupted (`out` is unchanged), 1 if a file could not be written."""
+    if isinstance(error, KeyboardInterrupt):
+        print(f"ngvi {command}: interrupted; {out!r} is unchanged.", file=sys.stderr)
+        return 130
+    where = error.filename or out
+    print(f"ngvi {command}: error: cannot write {where!r}: {error.strerror}", file=sys.stderr)
+    return 1
 
 
 @contextlib.contextmanager

@@ -18,7 +18,7 @@ import sys
 
 from . import model as models
 from .data import UsageError, read_features
-from .output import check_out_file, quiet
+from .output import check_out_file, quiet, write_failure
 from .report import _cell
 
 
@@ -47,13 +47,8 @@ def run_predict(args: argparse.Namespace) -> int:
         except ValueError as error:  # UsageError, ngvi.LoadError
             print(f"ngvi predict: error: {' '.join(str(error).split())}", file=sys.stderr)
             return 2
-        except KeyboardInterrupt:
-            print(f"ngvi predict: interrupted; {args.out!r} is unchanged.", file=sys.stderr)
-            return 130
-        except OSError as error:
-            where = error.filename or args.out
-            print(f"ngvi predict: error: cannot write {where!r}: {error.strerror}", file=sys.stderr)
-            return 1
+        except (KeyboardInterrupt, OSError) as error:
+            return write_failure("predict", args.out, error)
 
 
 def _predict(args) -> int:

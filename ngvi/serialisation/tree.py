@@ -86,42 +86,21 @@ def _describe_array(original, arrays, where):
     return spec
 
 
-def array_specs(spec) -> list[dict]:
-    """The `{"array", "shape", "dtype"}` nodes of a description, in the order of `arrays`."""
-    found = []
-
-    def visit(node):
-        if isinstance(node, dict):
-            if isinstance(node.get("array"), int):
-                found.append(node)
-            else:
-                for value in node.values():
-                    visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(spec)
-    return sorted(found, key=lambda node: node["array"])
+def walk(spec):
+    """Every JSON object (`dict`) in a description, depth first, each before what it holds."""
+    if isinstance(spec, dict):
+        yield spec
+        for value in spec.values():
+            yield from walk(value)
+    elif isinstance(spec, list):
+        for value in spec:
+            yield from walk(value)
 
 
 def classes_in(spec) -> set[str]:
     """The class names a description refers to."""
-    names = set()
-
-    def visit(node):
-        if isinstance(node, dict):
-            for key in ("module", "namedtuple", "class"):
-                if isinstance(node.get(key), str):
-                    names.add(node[key])
-            for value in node.values():
-                visit(value)
-        elif isinstance(node, list):
-            for value in node:
-                visit(value)
-
-    visit(spec)
-    return names
+    keys = ("module", "namedtuple", "class")
+    return {node[key] for node in walk(spec) for key in keys if isinstance(node.get(key), str)}
 
 
 def rebuild(spec, arrays, classes=(), functions=()):
