@@ -18,7 +18,7 @@ import pytest
 from helpers import tutorial_model
 
 import ngvi
-from ngvi.families.sites import _INVERSE_LEAF, _lower_inverse
+from ngvi._linalg import INVERSE_LEAF as _INVERSE_LEAF, lower_inverse as _lower_inverse
 
 BANANA_LARGE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "banana_large.csv"
 

@@ -31,8 +31,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Float
 
+from .._linalg import lower_inverse
 from .base import AbstractVariational, Marginals
-from .sites import _lower_inverse
 
 _PREDICTION_CHUNK = 256
 
@@ -85,7 +85,7 @@ def factorise_coupled(
     root_k = jnp.einsum("icd,dij->cidj", root, covariance).reshape(n, n)
     root_k_root = jnp.einsum("icd,dij,jde->ciej", root, covariance, root).reshape(n, n)
     cholesky_b = jnp.linalg.cholesky(jnp.eye(n, dtype=dtype) + root_k_root)
-    inverse = _lower_inverse(cholesky_b)
+    inverse = lower_inverse(cholesky_b)
     v = (inverse @ root_k).reshape(n, num_latent, num_points)
     diagonal = jnp.diagonal(covariance, axis1=-2, axis2=-1)  # (C, N)
     covariances = jnp.einsum("ci,cd->icd", diagonal, jnp.eye(num_latent, dtype=dtype))

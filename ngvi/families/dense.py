@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array, Float
 
+from .._linalg import lower_inverse
 from ..gaussian import likelihood_site
 from .views import each_latent
 from .whitened_base import AbstractWhitenedVariational
@@ -51,7 +52,9 @@ class DenseGaussianVariational(AbstractWhitenedVariational):
         return jsl.cho_solve((self._factor(), True), self.eta1)
 
     def _root_t(self, design_t):
-        return jsl.solve_triangular(self._factor(), design_t, lower=True)
+        """`L^-1 A^T` as a matrix product with `L^-1` (see `ngvi.priors.GPPrior.conditional_view`
+        for why not a triangular solve against the `D x B` block)."""
+        return lower_inverse(self._factor()) @ design_t
 
     def _kl(self):
         factor = self._factor()

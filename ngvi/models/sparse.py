@@ -127,14 +127,17 @@ class SparseModel(AbstractModel):
     def _factor(self) -> Float[Array, "M M"]:
         return self.prior.factor(self.inducing)
 
-    def _view(self, factor, X):
-        return self.prior.conditional_view(self.inducing, factor, X)
+    def _inverse_factor(self) -> Float[Array, "M M"]:
+        return self.prior.inverse_factor(self.inducing)
+
+    def _view(self, inverse_factor, X):
+        return self.prior.conditional_view(self.inducing, inverse_factor, X)
 
     def whitened_view(self, batch):
         return self.whitened_view_at(self._rows(batch).X)
 
     def whitened_view_at(self, X_new):
-        return self._view(self._factor(), X_new)
+        return self._view(self._inverse_factor(), X_new)
 
     def latent_coordinates(self):
         return self.prior.latent_coordinates(self.inducing)
@@ -146,7 +149,7 @@ class SparseModel(AbstractModel):
         rows = self._rows(batch).X
         if self.sharding is None:
             return self.whitened_marginals_at(q, rows)
-        factor = self._factor()
+        factor = self._inverse_factor()
 
         def local(X):
             return mapped_rows(lambda Xc: q.project(self._view(factor, Xc)), X, self.chunk_size)
@@ -154,12 +157,12 @@ class SparseModel(AbstractModel):
         return self.sharding.map_rows(local, rows)
 
     def whitened_marginals_at(self, q, X_new):
-        factor = self._factor()
+        factor = self._inverse_factor()
         return chunked_rows(lambda X: q.project(self._view(factor, X)), X_new, self.chunk_size)
 
     def pullback(self, batch, statistics, diagonal):
         rows = self._rows(batch)
-        factor = self._factor()
+        factor = self._inverse_factor()
 
         def one_chunk(chunk, weight):
             X, grad, hess = chunk
