@@ -191,3 +191,27 @@ def test_coupled_family_is_for_natural_gradients_and_dense_gps():
             inducing=X,
             family="coupled",
         )
+
+
+def test_kernel_gradient_of_the_coupled_elbo_is_finite_at_the_prior():
+    """At the prior every point's covariance is `k(x, x) I` (repeated eigenvalues), where an
+    eigendecomposition's gradient is NaN; the ELBO's gradient must match finite differences
+    (its Monte Carlo draws are fixed, so it is a smooth function of the kernel)."""
+    rng = np.random.default_rng(2)
+    X = rng.normal(size=(18, 2))
+    labels = rng.integers(0, 3, 18)
+
+    def elbo(log_variance):
+        kernel = ngvi.kernels.SquaredExponential(variance=jnp.exp(log_variance), lengthscale=0.8)
+        model = ngvi.Model(
+            ngvi.GPPrior(kernel), Softmax(3, num_mc_samples=32), X, labels, family="coupled"
+        )
+        return model.elbo(model.init_variational())  # at the prior
+
+    grad = float(jax.grad(elbo)(jnp.asarray(0.3)))
+    step = 1e-5
+    central = (float(elbo(jnp.asarray(0.3 + step))) - float(elbo(jnp.asarray(0.3 - step)))) / (
+        2 * step
+    )
+    assert np.isfinite(grad)
+    np.testing.assert_allclose(grad, central, rtol=1e-6)

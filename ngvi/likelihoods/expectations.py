@@ -87,9 +87,9 @@ def coupled_statistics(
     """`E[log p]`, `E[g]` and the full `E[H]` per point when `f_b ~ N(m_b, V_b)` with a full
     `C x C` covariance: averages over `num_mc_samples` antithetic draws `f = m_b +/- V_b^1/2 eps`
     from the likelihood's fixed key `mc_seed` (common random numbers: a smooth, deterministic
-    function of `q`; antithetic pairs make `E[g]` exact for a gradient linear in `f`),
-    accumulated `32` draws at a time so memory is `O(32 B C^2)`; `error` is the
-    standard error of `E[log p]`."""
+    function of `q`; antithetic pairs make `E[g]` exact for a gradient linear in `f`;
+    `V_b^1/2` is the Cholesky factor), accumulated `32` draws at a time so memory is
+    `O(32 B C^2)`; `error` is the standard error of `E[log p]`."""
     full = getattr(likelihood, "full_derivatives", None)
     if full is None or not likelihood.differentiable:
         raise ValueError(
@@ -98,8 +98,11 @@ def coupled_statistics(
             "several latents (e.g. Softmax)."
         )
     mean, covariance = marginals
-    values, vectors = jnp.linalg.eigh(0.5 * (covariance + jnp.swapaxes(covariance, -1, -2)))
-    root = jnp.einsum("bij,bj,bkj->bik", vectors, jnp.sqrt(jnp.maximum(values, 0.0)), vectors)
+    # A Cholesky root, not an eigendecomposition: the gradient of `eigh` is NaN at repeated
+    # eigenvalues (every point at the prior has covariance k(x, x) I), which made the ELBO's
+    # gradient in the kernel NaN there.
+    symmetric = 0.5 * (covariance + jnp.swapaxes(covariance, -1, -2))
+    root = jnp.linalg.cholesky(symmetric + _tiny_ridge(symmetric))
     count = likelihood.num_mc_samples
     chunks = -(-count // _SAMPLE_CHUNK)
     half = jax.random.normal(
