@@ -96,6 +96,7 @@ def test_result_model_and_q_are_consistent():
     assert plain.model is model
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_ard_lengthscales_find_the_irrelevant_dimension():
     rng = np.random.default_rng(1)
     X = rng.uniform(-2.0, 2.0, (60, 2))
@@ -108,6 +109,7 @@ def test_ard_lengthscales_find_the_irrelevant_dimension():
     assert result.elbo > model.elbo(ngvi.fit(model, ngvi.NaturalGradient(), 5, progress=False).q)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_probit_learning_increases_the_elbo():
     model = tutorial_model()
     fixed = ngvi.fit(model, ngvi.NaturalGradient(), 30, progress=False)

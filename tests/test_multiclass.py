@@ -158,6 +158,7 @@ def test_softmax_natural_gradient_reaches_the_independent_optimum():
     assert abs(float(result.elbo) - reference) < 3 * error
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_multiclass_prediction_is_a_distribution_over_classes():
     X, y = three_classes()
     kernel = ngvi.kernels.SquaredExponential(1.0, 1.0)

@@ -279,6 +279,7 @@ def test_softmax_predictive_average_against_quadrature():
     )
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_multiclass_sparse_and_robust_max():
     X, labels = _three_classes(80, seed=4)
     X_test, labels_test = _three_classes(200, seed=5)

@@ -204,6 +204,7 @@ def test_the_minibatch_step_has_no_array_of_length_n():
     assert all(n not in shape for shape in shapes(jaxpr.jaxpr))
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_learning_hyperparameters_and_inducing_inputs_with_minibatches():
     X, y = banana_large()
     model = sparse_model(X, y, Probit(), 16)
