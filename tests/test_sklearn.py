@@ -31,7 +31,12 @@ from ngvi.sklearn import (  # noqa: E402
 # learning path compiles a heavier loop and is checked by the tests below and, under sklearn's
 # checks, by the slow test at the end.
 def _checked(learn: bool):
-    options = dict(num_steps=5, random_state=0, learn_hyperparameters=learn)
+    # Five steps keep the fixed-hyperparameter checks fast; learning gets the default budget,
+    # since five L-BFGS iterations leave the Poisson kernel unlearned (R^2 0.06 on
+    # `check_regressors_train`, which asks for 0.5; 0.79 with 20 iterations or more).
+    options = dict(random_state=0, learn_hyperparameters=learn)
+    if not learn:
+        options["num_steps"] = 5
     return [
         GaussianProcessClassifier(**options),
         GaussianProcessRegressor(**options),
