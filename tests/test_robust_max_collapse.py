@@ -8,12 +8,10 @@ steps in a row, and `fit` reported "converged" there (ELBO -88 and -356,336 here
 is -23.6). A retreat now takes at most half the step the rejected step accepted.
 """
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
-import scipy.optimize
+from helpers import robust_max_svgp_optimum
 
 import ngvi
 from ngvi.likelihoods import RobustMax
@@ -31,47 +29,14 @@ def three_blobs(n=45, seed=0):
 
 def independent_optimum(X, y) -> float:
     """The largest ELBO of `q(v) = N(m_c, S_c S_c^T)` per class in whitened coordinates
-    (`Z = X`), written out here: the robust-max expectation by its own Gauss-Hermite rule over
-    the labelled score, the KL to `N(0, I)`, maximised by L-BFGS-B from the prior."""
+    (`Z = X`), written out in `helpers.robust_max_svgp_optimum`."""
     n = len(y)
     sq = ((X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
     K = VARIANCE * np.exp(-0.5 * sq / LENGTHSCALE**2)
     L = np.linalg.cholesky(K + JITTER * np.eye(n))
     A = scipy.linalg.solve_triangular(L, K, lower=True).T  # K L^-T
     c = np.maximum(VARIANCE - (A**2).sum(1), 0.0)
-    nodes, weights = np.polynomial.hermite_e.hermegauss(20)
-    weights = weights / weights.sum()
-    A_, c_, onehot = jnp.asarray(A), jnp.asarray(c), jax.nn.one_hot(y.astype(int), 3)
-    tril = np.tril_indices(n)
-    diag = np.flatnonzero(tril[0] == tril[1])
-
-    def elbo(theta):
-        m = theta[: 3 * n].reshape(3, n)
-        raw = theta[3 * n :].reshape(3, len(tril[0]))
-        raw = raw.at[:, diag].set(jnp.exp(raw[:, diag]))
-        S = jnp.zeros((3, n, n)).at[:, tril[0], tril[1]].set(raw)
-        mean = A_ @ m.T
-        var = c_[:, None] + jnp.sum(jnp.einsum("ij,cjk->cik", A_, S) ** 2, -1).T
-        sd = jnp.sqrt(var)
-        m_y, s_y = jnp.sum(mean * onehot, 1), jnp.sum(sd * onehot, 1)
-        f_y = m_y[:, None] + s_y[:, None] * jnp.asarray(nodes)[None, :]
-        others = (f_y[:, None, :] - mean[:, :, None]) / sd[:, :, None]
-        log_cdf = jax.scipy.stats.norm.logcdf(others) * (1 - onehot)[:, :, None]
-        wins = jnp.exp(log_cdf.sum(1)) @ jnp.asarray(weights)
-        expected = wins * np.log(1 - EPSILON) + (1 - wins) * np.log(EPSILON / 2)
-        log_diagonal = jnp.log(jnp.diagonal(S, axis1=1, axis2=2))
-        kl = 0.5 * (jnp.sum(S**2) + jnp.sum(m**2) - 3 * n) - jnp.sum(log_diagonal)
-        return expected.sum() - kl
-
-    value_and_grad = jax.jit(jax.value_and_grad(lambda t: -elbo(t)))
-    solution = scipy.optimize.minimize(
-        lambda t: tuple(np.asarray(v, float) for v in value_and_grad(jnp.asarray(t))),
-        np.zeros(3 * n + 3 * len(tril[0])),
-        jac=True,
-        method="L-BFGS-B",
-        options={"maxiter": 20000, "maxfun": 40000, "gtol": 1e-10, "ftol": 1e-16},
-    )
-    return -float(solution.fun)
+    return robust_max_svgp_optimum(A, c, y, EPSILON)
 
 
 @pytest.fixture(scope="module")
