@@ -3,6 +3,7 @@ log marginal likelihood, against the Adam-based learner run long, and honest out
 
 import warnings
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -100,6 +101,31 @@ def test_where_and_bad_arguments():
         ngvi.fit_hyperparameters(tutorial_model(), where=lambda m: m.likelihood)  # probit
     with pytest.raises(ValueError, match="max_steps"):
         ngvi.fit_hyperparameters(model, max_steps=-1)
+    with pytest.raises(ValueError, match="inner_fraction"):
+        ngvi.fit_hyperparameters(model, inner_fraction=1.0)
+
+
+def test_inexact_e_steps_reach_the_exactly_re_solved_optimum():
+    """The default re-solve stops at a tenth of the last rise of F: far fewer natural steps, and
+    the same hyperparameters and F as re-solving to 1e-13 every iteration (`inner_fraction=0`),
+    on a logit GP whose learned signal variance makes the latent marginals wide."""
+    rng = np.random.default_rng(1)
+    X = rng.normal(size=(80, 2))
+    y = (X[:, 0] - 0.5 * X[:, 1] + 0.2 * rng.normal(size=80) > 0).astype(float)
+    kernel = ngvi.kernels.SquaredExponential(variance=1.0, lengthscale=1.0)
+    model = ngvi.Model(ngvi.GPPrior(kernel, jitter=JITTER), ngvi.likelihoods.BernoulliLogit(), X, y)
+    exact = ngvi.fit_hyperparameters(model, inner_fraction=0.0)
+    inexact = ngvi.fit_hyperparameters(model)
+    assert exact.converged and inexact.converged, (exact.message, inexact.message)
+    assert float(jnp.exp(inexact.model.prior.kernel.log_variance)) > 10.0  # wide marginals
+    np.testing.assert_allclose(float(inexact.elbo), float(exact.elbo), rtol=0, atol=1e-7)
+    for a, b in zip(
+        jax.tree.leaves(inexact.model.prior.kernel),
+        jax.tree.leaves(exact.model.prior.kernel),
+        strict=True,
+    ):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-3)
+    assert int(inexact.num_inner_steps) < 0.5 * int(exact.num_inner_steps)
 
 
 def test_classifier_uses_the_converged_learner():

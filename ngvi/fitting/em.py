@@ -16,7 +16,11 @@ iteration
 1. takes an L-BFGS step on `theta -> ELBO(theta, q*)` with `q*` fixed, with a backtracking
    line search that enforces sufficient increase (Armijo) of this minoriser;
 2. re-solves `q` for the new `theta` by natural-gradient steps warm-started at the old `q*`,
-   until the ELBO changes by at most `inner_tol * (1 + |ELBO|)` in a step;
+   until the ELBO changes in a step by at most `inner_tol * (1 + |ELBO|)` or
+   `inner_fraction` (0.1) times the last increase of `F`, whichever is larger: an inexact
+   E-step far from the optimum, exact as `F` settles (at convergence the re-solve has met a
+   tenth of `ftol`). On breast cancer this cut the natural steps from 20 per iteration (the
+   budget) to about 3.5, at the same convergence test;
 
 so `F` never decreases (the re-solve returns the best `q` it evaluated; a step that still
 lowers `F` ends as `stalled`). **Converged** means `max |dF/dtheta| <= gtol (1 + |F|)` *and*
@@ -34,6 +38,7 @@ from ..hyperparameters import LearnHyperparameters, has_learnable
 from ..models import AbstractModel
 from ..optimizers import NaturalGradient
 from ..optimizers.base import AbstractOptimizer
+from .lbfgs import direction as _direction, empty_memory, remember as _remember
 from .loop import _all_finite
 
 
@@ -91,6 +96,7 @@ def fit_hyperparameters(
     gtol: float = 1e-5,
     ftol: float = 1e-9,
     inner_tol: float = 1e-13,
+    inner_fraction: float = 0.1,
     max_inner_steps: int = 20,
     memory_size: int = 10,
     throw: bool = True,
@@ -110,7 +116,9 @@ def fit_hyperparameters(
     - `max_steps`: the budget of L-BFGS iterations.
     - `gtol`, `ftol`: the convergence tolerances, relative to `1 + |F|` (floored at
       `100 eps` of the model's dtype).
-    - `inner_tol`, `max_inner_steps`: when a re-solve of `q` stops; `memory_size`: L-BFGS pairs.
+    - `inner_tol`, `inner_fraction`, `max_inner_steps`: when a re-solve of `q` stops (module
+      docstring; `inner_fraction=0` re-solves to `inner_tol` every time); `memory_size`:
+      L-BFGS pairs.
     - `throw`: raise `RuntimeError` if a step produced NaN/inf instead of returning.
 
     **Returns:** a `HyperparameterResult`; `result.converged` is `True` only for the
@@ -135,7 +143,10 @@ def fit_hyperparameters(
     if problem:
         raise ValueError(problem)
     floor = 100 * float(jnp.finfo(model.dtype).eps)
+    if not 0 <= inner_fraction < 1:
+        raise ValueError(f"`inner_fraction` must be in [0, 1), got {inner_fraction!r}.")
     tolerances = [jnp.asarray(max(float(t), floor), model.dtype) for t in (gtol, ftol, inner_tol)]
+    tolerances.append(jnp.asarray(inner_fraction, model.dtype))
     result = _solve(
         learned, rest, q, strategy, int(memory_size), jnp.asarray(max_steps),
         jnp.asarray(max_inner_steps), *tolerances,
@@ -159,47 +170,10 @@ class _Carry(eqx.Module):
     outcome: HyperparameterOutcome
 
 
-def _remember(memory, s, y):
-    """Store the pair `(s, y)` if its curvature `s.y` is positive (else skip it, so the
-    inverse-Hessian estimate stays positive definite on a non-concave `F`)."""
-    S, Y, count, newest = memory
-    keep = s @ y > 1e-10 * jnp.linalg.norm(s) * jnp.linalg.norm(y)
-    slot = (newest + 1) % S.shape[0]
-    S = jnp.where(keep, S.at[slot].set(s), S)
-    Y = jnp.where(keep, Y.at[slot].set(y), Y)
-    count = jnp.where(keep, jnp.minimum(count + 1, S.shape[0]), count)
-    return S, Y, count, jnp.where(keep, slot, newest)
-
-
-def _direction(memory, g):
-    """`-H g` by the L-BFGS two-loop recursion (Nocedal & Wright, Algorithm 7.4); with no
-    pairs, steepest descent scaled to a largest component of at most 1."""
-    S, Y, count, newest = memory
-    order = (newest - jnp.arange(S.shape[0])) % S.shape[0]  # newest first
-    valid = jnp.arange(S.shape[0]) < count
-    rho = 1.0 / jnp.where(valid, jnp.sum(S[order] * Y[order], axis=1), 1.0)
-
-    def backward(r, item):
-        s, y, p, ok = item
-        a = jnp.where(ok, p * (s @ r), 0.0)
-        return r - a * y, a
-
-    r, alphas = jax.lax.scan(backward, g, (S[order], Y[order], rho, valid))
-    s, y = S[newest], Y[newest]
-    gamma = jnp.where(count > 0, (s @ y) / (y @ y), 1.0 / jnp.maximum(1.0, jnp.max(jnp.abs(g))))
-    r = gamma * r
-
-    def forward(r, item):
-        s, y, p, ok, a = item
-        return r + jnp.where(ok, a - p * (y @ r), 0.0) * s, None
-
-    items = (S[order], Y[order], rho, valid, alphas)
-    r, _ = jax.lax.scan(forward, r, jax.tree.map(lambda x: x[::-1], items))
-    return -r
-
-
 @eqx.filter_jit
-def _solve(learned, rest, q, strategy, memory_size, max_steps, max_inner, gtol, ftol, inner_tol):
+def _solve(
+    learned, rest, q, strategy, memory_size, max_steps, max_inner, gtol, ftol, inner_tol, fraction
+):
     theta, unravel = ravel_pytree(learned)
     Outcome = HyperparameterOutcome
 
@@ -209,16 +183,17 @@ def _solve(learned, rest, q, strategy, memory_size, max_steps, max_inner, gtol, 
     def negative_elbo(theta, q):
         return -model_at(theta).elbo(q)
 
-    def resolve(theta, q):
-        """Natural-gradient steps on `q` at `theta` until the ELBO settles; returns the best
-        `q` evaluated (at least as good as the warm start, so `F` cannot fall)."""
+    def resolve(theta, q, enough):
+        """Natural-gradient steps on `q` at `theta` until the ELBO changes by at most `enough`
+        or its relative tolerance; returns the best `q` evaluated (at least as good as the
+        warm start, so `F` cannot fall)."""
         model = model_at(theta)
         q, state = strategy.init(model, q)
         key = jax.random.PRNGKey(0)
 
         def running(c):
             _, _, k, last, change, _ = c
-            settled = change <= inner_tol * (1.0 + jnp.abs(last))
+            settled = change <= jnp.maximum(inner_tol * (1.0 + jnp.abs(last)), enough)
             return (k < max_inner) & ((k < 1) | ~settled)
 
         def body(c):
@@ -254,7 +229,7 @@ def _solve(learned, rest, q, strategy, memory_size, max_steps, max_inner, gtol, 
     def iterate(c: _Carry) -> _Carry:
         """Re-solve `q` at the candidate, accept it if `F` did not fall, take the next
         L-BFGS step from the accepted point."""
-        q, inner = resolve(c.theta, c.q)
+        q, inner = resolve(c.theta, c.q, fraction * jnp.where(jnp.isfinite(c.change), c.change, 0))
         value, grad = jax.value_and_grad(negative_elbo)(c.theta, q)
         change = c.best[2] - value  # the increase of F (inf at the start)
         scale = 1.0 + jnp.abs(value)
@@ -281,9 +256,8 @@ def _solve(learned, rest, q, strategy, memory_size, max_steps, max_inner, gtol, 
         )
 
     inf = jnp.asarray(jnp.inf, theta.dtype)
-    pairs = jnp.zeros((memory_size, theta.shape[0]), theta.dtype)
     start = _Carry(
-        theta, q, (pairs, pairs, jnp.asarray(0), jnp.asarray(0)),
+        theta, q, empty_memory(memory_size, theta.shape[0], theta.dtype),
         (theta, q, inf, jnp.zeros_like(theta)), inf, jnp.asarray(-1), jnp.asarray(0),
         Outcome.max_steps,
     )  # fmt: skip

@@ -1,0 +1,50 @@
+"""The limited-memory BFGS inverse-Hessian estimate (Nocedal & Wright, ch. 7), as pure
+functions on a fixed-size memory of `m` pairs `(s, y)` for use inside `lax.while_loop`."""
+
+import jax
+import jax.numpy as jnp
+
+
+def empty_memory(size: int, dimension: int, dtype):
+    """No pairs yet: `(S, Y, count, newest)` with `S`, `Y` of shape `(size, dimension)`."""
+    pairs = jnp.zeros((size, dimension), dtype)
+    return pairs, pairs, jnp.asarray(0), jnp.asarray(0)
+
+
+def remember(memory, s, y):
+    """Store the pair `(s, y)` if its curvature `s.y` is positive (else skip it, so the
+    inverse-Hessian estimate stays positive definite on a non-concave `F`)."""
+    S, Y, count, newest = memory
+    keep = s @ y > 1e-10 * jnp.linalg.norm(s) * jnp.linalg.norm(y)
+    slot = (newest + 1) % S.shape[0]
+    S = jnp.where(keep, S.at[slot].set(s), S)
+    Y = jnp.where(keep, Y.at[slot].set(y), Y)
+    count = jnp.where(keep, jnp.minimum(count + 1, S.shape[0]), count)
+    return S, Y, count, jnp.where(keep, slot, newest)
+
+
+def direction(memory, g):
+    """`-H g` by the L-BFGS two-loop recursion (Nocedal & Wright, Algorithm 7.4); with no
+    pairs, steepest descent scaled to a largest component of at most 1."""
+    S, Y, count, newest = memory
+    order = (newest - jnp.arange(S.shape[0])) % S.shape[0]  # newest first
+    valid = jnp.arange(S.shape[0]) < count
+    rho = 1.0 / jnp.where(valid, jnp.sum(S[order] * Y[order], axis=1), 1.0)
+
+    def backward(r, item):
+        s, y, p, ok = item
+        a = jnp.where(ok, p * (s @ r), 0.0)
+        return r - a * y, a
+
+    r, alphas = jax.lax.scan(backward, g, (S[order], Y[order], rho, valid))
+    s, y = S[newest], Y[newest]
+    gamma = jnp.where(count > 0, (s @ y) / (y @ y), 1.0 / jnp.maximum(1.0, jnp.max(jnp.abs(g))))
+    r = gamma * r
+
+    def forward(r, item):
+        s, y, p, ok, a = item
+        return r + jnp.where(ok, a - p * (y @ r), 0.0) * s, None
+
+    items = (S[order], Y[order], rho, valid, alphas)
+    r, _ = jax.lax.scan(forward, r, jax.tree.map(lambda x: x[::-1], items))
+    return -r
