@@ -70,15 +70,16 @@ def _split_rule(mean: Vector, std: Vector, remainder, closed_form) -> Vector:
     return closed_form(mean, std) + jnp.tensordot(weights, integrand, axes=1)
 
 
-def _either_rule(mean, variance, narrow, wide) -> Vector:
-    """`narrow(m, s)` where `s <= 0.6`, `wide(m, s)` elsewhere; each branch sees only standard
-    deviations on its own side, so neither produces a NaN (or a NaN gradient) for the other."""
+def _either_rule(mean, variance, narrow, wide):
+    """`narrow(m, v)` where the standard deviation is at most 0.6, `wide(m, v)` elsewhere (each
+    may return a tuple). Each branch sees only variances on its own side, so neither produces
+    a NaN (or a NaN gradient) for the other."""
     mean = jnp.asarray(mean)
-    std = jnp.sqrt(jnp.maximum(jnp.asarray(variance, mean.dtype), 0.0))
-    is_wide = std > _WIDE
-    narrow_value = narrow(mean, jnp.where(is_wide, _WIDE, std))
-    wide_value = wide(mean, jnp.where(is_wide, std, 2 * _WIDE))
-    return jnp.where(is_wide, wide_value, narrow_value)
+    variance = jnp.maximum(jnp.asarray(variance, mean.dtype), 0.0)
+    is_wide = variance > _WIDE**2
+    narrow_value = narrow(mean, jnp.where(is_wide, 0.0, variance))
+    wide_value = wide(mean, jnp.where(is_wide, variance, (2 * _WIDE) ** 2))
+    return jax.tree.map(lambda w, n: jnp.where(is_wide, w, n), wide_value, narrow_value)
 
 
 def _log_sigmoid_remainder(u):  # -log(1 + e^-|x|) at x = u and x = -u
@@ -90,34 +91,34 @@ def _linear_part(m, s):  # E[min(x, 0)]
     return m * ndtr(-m / s) - s * _normal_density(m / s, 0.0, 1.0)
 
 
+def _split_log_sigmoid(m, v):
+    return _split_rule(m, jnp.sqrt(v), _log_sigmoid_remainder, _linear_part)
+
+
 def expected_log_sigmoid(mean: Vector, variance: Vector, num_points: int = 20) -> Vector:
     r"""$\mathbb{E}[\log\sigma(x)]$ for $x \sim \mathcal{N}(m, v)$ elementwise (module docstring:
     Gauss-Hermite with `num_points` nodes for $\sqrt v \le 0.6$, the split rule above)."""
 
-    def narrow(m, s):
-        return gauss_hermite_expectation(jax.nn.log_sigmoid, m, s**2, num_points)
+    def narrow(m, v):
+        return gauss_hermite_expectation(jax.nn.log_sigmoid, m, v, num_points)
 
-    return _either_rule(
-        mean, variance, narrow, lambda m, s: _split_rule(m, s, _log_sigmoid_remainder, _linear_part)
-    )
+    return _either_rule(mean, variance, narrow, _split_log_sigmoid)
 
 
 def expected_sigmoid(mean: Vector, variance: Vector, num_points: int = 20) -> Vector:
     r"""$\mathbb{E}[\sigma(x)]$ for $x \sim \mathcal{N}(m, v)$ elementwise, by the same rules."""
 
-    def narrow(m, s):
-        return gauss_hermite_expectation(jax.nn.sigmoid, m, s**2, num_points)
+    def narrow(m, v):
+        return gauss_hermite_expectation(jax.nn.sigmoid, m, v, num_points)
 
     def remainder(u):  # sigma(x) - 1{x > 0} at x = u and at x = -u
         tail = jax.nn.sigmoid(-u)
         return -tail, tail
 
-    return _either_rule(
-        mean,
-        variance,
-        narrow,
-        lambda m, s: _split_rule(m, s, remainder, lambda m, s: ndtr(m / s)),
-    )
+    def wide(m, v):
+        return _split_rule(m, jnp.sqrt(v), remainder, lambda m, s: ndtr(m / s))
+
+    return _either_rule(mean, variance, narrow, wide)
 
 
 def logistic_statistics(
@@ -131,22 +132,17 @@ def logistic_statistics(
     expectations of $g = \sigma(-x)$ and $H = -\sigma(x)\sigma(-x)$ (finite at $v = 0$, and
     equal to the derivatives of $Q$ to about $10^{-13}$ there).
     """
-    mean = jnp.asarray(mean)
-    variance = jnp.maximum(jnp.asarray(variance, mean.dtype), 0.0)
-    is_wide = variance > _WIDE**2
-    wide_variance = jnp.where(is_wide, variance, (2 * _WIDE) ** 2)
-    value, pullback = jax.vjp(
-        lambda m, v: _split_rule(m, jnp.sqrt(v), _log_sigmoid_remainder, _linear_part),
-        mean,
-        wide_variance,
-    )
-    d_mean, d_variance = pullback(jnp.ones_like(value))
 
-    def derivatives(x):
-        return jax.nn.log_sigmoid(x), jax.nn.sigmoid(-x), -jax.nn.sigmoid(x) * jax.nn.sigmoid(-x)
+    def narrow(m, v):
+        def derivatives(x):
+            g, h = jax.nn.sigmoid(-x), -jax.nn.sigmoid(x) * jax.nn.sigmoid(-x)
+            return jax.nn.log_sigmoid(x), g, h
 
-    narrow = gauss_hermite_expectation(
-        derivatives, mean, jnp.where(is_wide, 0.0, variance), num_points
-    )
-    wide = (value, d_mean, 2 * d_variance)
-    return tuple(jnp.where(is_wide, w, n) for w, n in zip(wide, narrow, strict=True))
+        return gauss_hermite_expectation(derivatives, m, v, num_points)
+
+    def wide(m, v):
+        value, pullback = jax.vjp(_split_log_sigmoid, m, v)
+        d_mean, d_variance = pullback(jnp.ones_like(value))
+        return value, d_mean, 2 * d_variance
+
+    return _either_rule(mean, variance, narrow, wide)
