@@ -1,4 +1,5 @@
-"""Saying why an ELBO is not finite: which data points, or which part of the prior."""
+"""Saying why an ELBO is not finite (which data points, or which part of the prior), or why a
+finite one is not accurate (its quadrature)."""
 
 import equinox as eqx
 import jax.numpy as jnp
@@ -32,3 +33,26 @@ def describe_failure(model, q) -> str:
     if not bool(jnp.isfinite(kl)):
         return "KL(q || p) is not finite: the posterior or the prior covariance is degenerate."
     return "Try a smaller step size or the strategy's safeguards."
+
+
+@eqx.filter_jit
+def _quadrature_error(model, q):
+    return model.quadrature_error(q)
+
+
+def quadrature_warning(model, q, elbo) -> str:
+    """A sentence when the ELBO's Gauss-Hermite quadrature at `q` is less accurate than
+    `1e-6 (1 + |ELBO|)` (its change when the nodes are doubled), else ''. The fit's optimum is
+    then the optimum of an inaccurate ELBO, whatever its convergence test said."""
+    error = float(_quadrature_error(model, q))
+    resolution = max(1e-6, 100 * float(jnp.finfo(model.dtype).eps))
+    if not error > resolution * (1.0 + abs(float(elbo))):
+        return ""
+    nodes = model.likelihood.num_quadrature_points
+    return (
+        f"the ELBO's {nodes}-node Gauss-Hermite quadrature moves by {error:.2g} nats when the "
+        "nodes are doubled at this posterior (its latent marginals are too wide for the rule), "
+        "so the ELBO and its optimum are accurate only to about that. Raise the likelihood's "
+        "`num_quadrature_points`; for binary labels, `BernoulliLogit`'s expectations are "
+        "accurate at any variance."
+    )

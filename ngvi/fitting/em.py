@@ -27,6 +27,8 @@ lowers `F` ends as `stalled`). **Converged** means `max |dF/dtheta| <= gtol (1 +
 a last change of `F` of at most `ftol (1 + |F|)`. One `lax.while_loop`, compiled per shape.
 """
 
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -38,6 +40,7 @@ from ..hyperparameters import LearnHyperparameters, has_learnable
 from ..models import AbstractModel
 from ..optimizers import NaturalGradient
 from ..optimizers.base import AbstractOptimizer
+from .diagnosis import quadrature_warning
 from .lbfgs import direction as _direction, empty_memory, remember as _remember
 from .loop import _all_finite
 
@@ -156,6 +159,10 @@ def fit_hyperparameters(
             f"fit_hyperparameters failed after {int(result.num_steps)} steps: {result.message}. "
             "Pass `throw=False` to get the last finite hyperparameters."
         )
+    if result.outcome != HyperparameterOutcome.failed:
+        inaccurate = quadrature_warning(result.model, result.q, result.elbo)
+        if inaccurate:
+            warnings.warn(f"ngvi.fit_hyperparameters: {inaccurate}", stacklevel=2)
     return result
 
 

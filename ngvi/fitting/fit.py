@@ -17,7 +17,7 @@ from ..optimizers.base import AbstractOptimizer, StepInfo
 from ..streaming import Feeder, Stream, check_stream, placeholder_batch
 from .batches import Minibatches, StreamedBatches
 from .checkpoint import Checkpoint
-from .diagnosis import describe_failure
+from .diagnosis import describe_failure, quadrature_warning
 from .loop import Carry, Loop, run_chunk
 from .outcome import FitOutcome
 from .progress import Progress
@@ -265,5 +265,9 @@ def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool, data=None) -> F
         warnings.warn(detail, stacklevel=3)
     elif outcome in (FitOutcome.stalled, FitOutcome.schedule_ended, FitOutcome.interrupted):
         warnings.warn(f"ngvi.fit stopped after {steps} steps: {message}.", stacklevel=3)
+    if data is None and outcome != FitOutcome.failed:
+        inaccurate = quadrature_warning(model, carry.q, final_elbo)
+        if inaccurate:
+            warnings.warn(f"ngvi.fit: {inaccurate}", stacklevel=3)
     history = jax.tree.map(lambda buffer: buffer[:steps], carry.history)
     return FitResult(carry.q, final_elbo, initial_elbo, history, steps, outcome, model, error)

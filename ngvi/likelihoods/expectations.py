@@ -69,6 +69,16 @@ def expected_log_prob_error(likelihood, y, marginals: Marginals) -> Float[Array,
     return error(y, marginals.mean, marginals.variance)
 
 
+def quadrature_error(likelihood, y, marginals: Marginals) -> Float[Array, " B"]:
+    """`likelihood.quadrature_error` per point for a one-latent likelihood (the change of its
+    quadrature when the nodes are doubled); 0 for several latents, whose rules report their
+    own error (`expected_log_prob_error`)."""
+    if marginals.mean.shape[1] != 1 or marginals.variance.ndim != 2:
+        return jnp.zeros(marginals.mean.shape[0], marginals.mean.dtype)
+    mean, variance = marginals.mean[:, 0], marginals.variance[:, 0]
+    return likelihood.quadrature_error(y, mean, variance)
+
+
 class CoupledStatistics(NamedTuple):
     """Monte Carlo statistics under a full covariance per point (`coupled_statistics`)."""
 

@@ -33,7 +33,11 @@ from ..families import (
 )
 from ..families.views import over_latents
 from ..likelihoods import AbstractLikelihood
-from ..likelihoods.expectations import expected_log_prob, expected_log_prob_error
+from ..likelihoods.expectations import (
+    expected_log_prob,
+    expected_log_prob_error,
+    quadrature_error,
+)
 
 FAMILIES = ("full", "mean-field")
 FORMS = ("natural", "moments")
@@ -192,6 +196,12 @@ class AbstractModel(eqx.Module):
         marginals, _ = self.latent_marginals_and_kl(q, batch)
         per_point = expected_log_prob_error(self.likelihood, self.targets(batch), marginals)
         return self.batch_scale(batch) * jnp.sqrt(jnp.sum(per_point**2))
+
+    def quadrature_error(self, q: AbstractVariational) -> Float[Array, ""]:
+        """How far the ELBO's quadrature may be from the exact expectations: the sum over all
+        points of `AbstractLikelihood.quadrature_error` (0 for closed forms)."""
+        marginals, _ = self.latent_marginals_and_kl(q)
+        return jnp.sum(quadrature_error(self.likelihood, self.targets(None), marginals))
 
     def elbo(self, q: AbstractVariational, batch: Data | None = None) -> Float[Array, ""]:
         """`sum_i E_q[log p(y_i | f_i)] - KL(q || p)`, exact (closed form or quadrature);
