@@ -140,6 +140,28 @@ def test_binary_derivatives_finite_in_the_tails(likelihood, dtype):
             np.testing.assert_allclose(hess, ref_hess, rtol=tol, atol=1e-30)
 
 
+def test_probit_log_cdf_relatively_accurate_everywhere():
+    # jax.scipy.special.log_ndtr is off by 7.5% (relative) just below x = 8, where
+    # log Phi(x) = -Phi(-x) ~ -7e-16 and log(ndtr(x)) rounds; the relative accuracy matters
+    # to the quadrature's nodes in the tails.
+    x = np.concatenate([np.linspace(-60.0, 30.0, 90_001), np.linspace(7.9, 8.1, 2001)])
+    got = np.asarray(Probit().log_prob(jnp.asarray(x), jnp.ones_like(jnp.asarray(x))))
+    np.testing.assert_allclose(got, scipy.special.log_ndtr(x), rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_probit_fused_derivatives_are_the_autodiff_ones(dtype):
+    f = jnp.linspace(-45.0, 45.0, 1801, dtype=dtype)
+    for label in (0.0, 1.0):
+        y = jnp.full_like(f, label)
+        fused = Probit().derivatives(f, y)
+        generic = AbstractLikelihood.derivatives(Probit(), f, y)
+        tol = 1e-5 if dtype == jnp.float32 else 1e-13
+        for got, want in zip(fused, generic, strict=True):
+            assert got.dtype == dtype
+            np.testing.assert_allclose(got, want, rtol=tol, atol=0)
+
+
 class HeteroscedasticGaussian(AbstractLikelihood):
     noise: Array
 
