@@ -69,6 +69,7 @@ def test_banana_default(tmp_path, capsys):
     assert f"accuracy {accuracy:.4f}" in printed
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_csv_classification_skips_text_columns(tmp_path):
     path = _classification_csv(tmp_path)
     out = tmp_path / "out"
@@ -83,6 +84,7 @@ def test_csv_classification_skips_text_columns(tmp_path):
     assert (out / "plot.png").exists()  # 2-D input: decision surface
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_gaussian_regression(tmp_path):
     rng = np.random.default_rng(1)
     x = rng.uniform(-3, 3, 80)
@@ -103,6 +105,7 @@ def test_gaussian_regression(tmp_path):
     assert (out / "plot.png").exists()  # 1-D input: predicted versus observed
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_poisson_counts(tmp_path):
     rng = np.random.default_rng(2)
     x = rng.uniform(0, 4, 60)

@@ -88,6 +88,7 @@ def test_mean_field_across_latents_cannot_reach_the_coupled_posterior():
     assert abs(elbos["coupled"] - log_ml) < 1.0
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_two_class_softmax_is_the_logistic_model_on_the_difference():
     """With one kernel `k` shared by both latents, `softmax(f)_1 = sigmoid(f_1 - f_0)` and
     `d = f_1 - f_0 ~ GP(0, 2k)` is independent of `f_0 + f_1`, which the data never see. The

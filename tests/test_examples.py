@@ -53,8 +53,15 @@ def _run(script: Path, tmp_path: Path) -> str:
     return completed.stdout
 
 
-# The two sparse examples take half a minute each even in quick mode: `make test-slow`.
-SLOW_EXAMPLES = {"sparse_skin", "letter_sparse"}
+# The two sparse examples take half a minute each even in quick mode, and three more ten
+# seconds each (each compiles its own fits in a fresh process): `make test-slow`.
+SLOW_EXAMPLES = {
+    "sparse_skin",
+    "letter_sparse",
+    "logistic_regression_blr",
+    "custom_likelihood",
+    "coal_mining_poisson",
+}
 
 
 @pytest.mark.parametrize(
