@@ -15,19 +15,32 @@ class Data(eqx.Module):
 
     - `X`: inputs `(n, d)` (for a linear model, the design matrix).
     - `y`: targets `(n,)`, already in the likelihood's encoding (e.g. labels in {0, 1}).
+    - `weight`: optional per-point weights `(n,)` of the data term, `sum_i w_i E[log p_i]`
+      (`None`: all 1). A weight of 0 removes a point from the fit; the estimators pad
+      training sets to a few bucket sizes with such points, so that folds of slightly
+      different sizes share one compiled fit.
 
     A batch is a `Data` too: `data[indices]`.
     """
 
     X: Float[Array, "n d"]
     y: Float[Array, " n"]
+    weight: Float[Array, " n"] | None = None
 
     @property
     def num_points(self) -> int:
         return self.y.shape[0]
 
     def __getitem__(self, index) -> "Data":
-        return Data(self.X[index], self.y[index])
+        weight = None if self.weight is None else self.weight[index]
+        return Data(self.X[index], self.y[index], weight)
+
+
+def weighted(weight: Float[Array, " n"] | None, values: Array) -> Array:
+    """`values` (per point along axis 0) times the points' weights (unchanged for `None`)."""
+    if weight is None:
+        return values
+    return values * weight.reshape(weight.shape + (1,) * (values.ndim - 1)).astype(values.dtype)
 
 
 def as_inputs(X, name: str = "X") -> np.ndarray:
@@ -47,10 +60,11 @@ def as_inputs(X, name: str = "X") -> np.ndarray:
     return array
 
 
-def prepare_data(likelihood, X, y) -> Data:
+def prepare_data(likelihood, X, y, weights=None) -> Data:
     """Check `X` and `y` on the host and return them as a `Data` in the default float dtype.
 
-    `y` is checked by `likelihood.prepare_targets` (its support: labels, counts, ...).
+    `y` is checked by `likelihood.prepare_targets` (its support: labels, counts, ...);
+    `weights` (optional, `(n,)`) must be finite and non-negative.
 
     **Raises:** `ValueError` naming the problem, and for `X` split by rows over devices (only
     `ngvi.SparseModel` takes sharded data: see `prepare_sharded_data`).
@@ -62,7 +76,14 @@ def prepare_data(likelihood, X, y) -> Data:
         )
     inputs, targets = _checked(likelihood, X, y)
     dtype = jnp.zeros(()).dtype
-    return Data(jnp.asarray(inputs, dtype), jnp.asarray(targets, dtype))
+    if weights is not None:
+        weights = check_finite(weights, "weights")
+        if weights.shape != targets.shape:
+            raise ValueError(f"`weights` must have shape {targets.shape}; got {weights.shape}.")
+        if np.any(weights < 0):
+            raise ValueError("`weights` must be non-negative.")
+        weights = jnp.asarray(weights, dtype)
+    return Data(jnp.asarray(inputs, dtype), jnp.asarray(targets, dtype), weights)
 
 
 def prepare_sharded_data(likelihood, X, y, sharding) -> Data:

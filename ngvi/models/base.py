@@ -21,7 +21,7 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int
 
-from .._data import Data
+from .._data import Data, weighted
 from ..families import (
     AbstractVariational,
     DenseGaussianVariational,
@@ -169,6 +169,18 @@ class AbstractModel(eqx.Module):
     def targets(self, batch: Data | None) -> Array:
         return (self.data if batch is None else batch).y
 
+    def point_weights(self, batch: Data | None) -> Array | None:
+        """The data term's per-point weights at `batch` (`None`: every point weighs 1)."""
+        return (self.data if batch is None else batch).weight
+
+    def weighted_statistics(self, batch: Data | None, statistics: SiteStatistics):
+        """Per-point statistics times the points' weights (a point of weight 0 adds nothing
+        to the ELBO and gets no site)."""
+        weight = self.point_weights(batch)
+        if weight is None:
+            return statistics
+        return SiteStatistics(*(weighted(weight, part) for part in statistics))
+
     def batch_scale(self, batch: Data | None):
         """`N / B`: the factor that makes a batch's data term an unbiased full-data estimate."""
         return 1.0 if batch is None else self.num_data / batch.num_points
@@ -195,19 +207,23 @@ class AbstractModel(eqx.Module):
         estimates."""
         marginals, _ = self.latent_marginals_and_kl(q, batch)
         per_point = expected_log_prob_error(self.likelihood, self.targets(batch), marginals)
+        per_point = weighted(self.point_weights(batch), per_point)
         return self.batch_scale(batch) * jnp.sqrt(jnp.sum(per_point**2))
 
     def quadrature_error(self, q: AbstractVariational) -> Float[Array, ""]:
         """How far the ELBO's quadrature may be from the exact expectations: the sum over all
         points of `AbstractLikelihood.quadrature_error` (0 for closed forms)."""
         marginals, _ = self.latent_marginals_and_kl(q)
-        return jnp.sum(quadrature_error(self.likelihood, self.targets(None), marginals))
+        errors = quadrature_error(self.likelihood, self.targets(None), marginals)
+        return jnp.sum(weighted(self.point_weights(None), errors))
 
     def elbo(self, q: AbstractVariational, batch: Data | None = None) -> Float[Array, ""]:
-        """`sum_i E_q[log p(y_i | f_i)] - KL(q || p)`, exact (closed form or quadrature);
+        """`sum_i w_i E_q[log p(y_i | f_i)] - KL(q || p)` (`w_i = 1` unless the data carry
+        weights), exact (closed form or quadrature);
         on a batch, the unbiased estimate with the data term scaled by `N / B`."""
         marginals, kl = self.latent_marginals_and_kl(q, batch)
         expected = self.expected_log_likelihood(self.targets(batch), marginals)
+        expected = weighted(self.point_weights(batch), expected)
         return self.batch_scale(batch) * jnp.sum(expected) - kl
 
     def predict_latent(self, q: AbstractVariational, X_new) -> Marginals:

@@ -45,6 +45,10 @@ class Model(AbstractModel):
       `"mean-field"` (independent whitened coordinates), or, for a GP with several latent
       functions, `"coupled"` (one `C x C` site per data point, so the latents are correlated
       under `q`; `ngvi.families.CoupledSiteGaussianVariational`, `O(C^3 N^3)` per step).
+    - `weights`: optional non-negative weights `(n,)` of the points' expected
+      log-likelihoods in the ELBO, `sum_i w_i E_q[log p(y_i | f_i)] - KL` (default: all 1).
+      A point of weight 0 takes no part in the fit: its site stays empty and the posterior
+      at the other points is the one without it.
 
     **Raises:** `ValueError` naming the problem (NaN/inf, mismatched shapes, empty inputs,
     labels outside the likelihood's support) before any compilation. A kernel matrix that is
@@ -68,6 +72,7 @@ class Model(AbstractModel):
         y,
         *,
         family: str = "full",
+        weights=None,
     ):
         if not isinstance(likelihood, AbstractLikelihood):
             raise TypeError(f"`likelihood` must be an AbstractLikelihood, got {type(likelihood)}.")
@@ -77,7 +82,7 @@ class Model(AbstractModel):
         check_latents(prior, likelihood)
         if self.family == "coupled":
             _check_coupled(prior, likelihood)
-        self.data = prepare_data(likelihood, X, y)
+        self.data = prepare_data(likelihood, X, y, weights)
         if isinstance(prior, GaussianPrior) and as_inputs(X).shape[1] != prior.dim:
             raise ValueError(
                 f"The design matrix `X` has {as_inputs(X).shape[1]} columns but the "

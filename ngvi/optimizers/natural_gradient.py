@@ -102,6 +102,7 @@ class AbstractNaturalStep(AbstractOptimizer):
     def step(self, model, q, state: Retreat, batch, step_count, key):
         marginals, kl = model.latent_marginals_and_kl(q, batch)
         statistics = self.statistics(model, model.targets(batch), marginals, key)
+        statistics = model.weighted_statistics(batch, statistics)
         scale = model.batch_scale(batch)
         elbo = scale * jnp.sum(statistics.log_prob) - kl
         target = model.natural_target(q, batch, marginals, statistics, scale)
