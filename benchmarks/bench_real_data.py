@@ -17,7 +17,8 @@ fold:
 
 Reported per data set (mean +- standard deviation over the folds): test accuracy, test NLPD
 (mean of `-log p(y_true | x)`, natural log, probabilities clipped to `[1e-12, 1 - 1e-12]`), and
-fit wall time in seconds (ngvi's includes JIT compilation: each fold has a new shape), with
+fit wall time in seconds (ngvi's includes JIT compilation, paid by the first fold: the
+estimator pads training sets to bucket sizes, so the other folds reuse it), with
 BLAS/LAPACK and XLA limited to one thread for both methods. The table
 replaces the marked section of `docs/results.md`.
 """
