@@ -131,6 +131,29 @@ def test_chunked_passes_equal_one_pass():
     assert eqx.tree_equal(step_one.q, step_chunked.q, rtol=1e-10, atol=1e-12)
 
 
+@pytest.mark.parametrize("family", ["full", "mean-field"])
+def test_fused_pass_equals_marginals_then_statistics_then_pullback(family):
+    # The step's one pass over chunks (kernel block built once) against the protocol's three
+    # stages in turn, with overlapping chunks (300 does not divide 1000) and point weights.
+    X, y = banana_large()
+    model = sparse_model(X[:1000], y[:1000], Probit(), X[:20], chunk_size=300, family=family)
+    weights = jnp.asarray(np.random.default_rng(3).uniform(0.0, 2.0, 1000))
+    model = eqx.tree_at(lambda m: m.data.weight, model, weights, is_leaf=lambda x: x is None)
+    q = ngvi.fit(model, ngvi.NaturalGradient(), 2, progress=False).q
+    for strategy in (ngvi.NaturalGradient(), ngvi.GaussNewton()):
+
+        def statistics(y, marginals, strategy=strategy):
+            return strategy.statistics(model, y, marginals, None)
+
+        fused = model.statistics_and_target(q, None, statistics, 1.0, fuse=True)
+        staged = model.statistics_and_target(q, None, statistics, 1.0, fuse=False)
+        assert fused[3] is None and staged[3] is not None
+        assert eqx.tree_equal(fused[:3], staged[:3], rtol=1e-12, atol=1e-12)
+        unweighted = eqx.tree_at(lambda m: m.data.weight, model, None)
+        plain = unweighted.statistics_and_target(q, None, statistics, 1.0, fuse=True)
+        assert abs(float(plain[0] - fused[0])) > 1.0  # the weights are applied
+
+
 def test_predict_matches_the_dense_conditional():
     X, y = banana()
     Z = X[:30]

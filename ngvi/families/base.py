@@ -72,10 +72,27 @@ class AbstractVariational(eqx.Module):
     ) -> tuple[Array, Array]:
         """The natural-gradient target: `parameters` of the member `eta_prior + site`, the site
         built from `statistics` with the data term scaled by `scale = N / B`."""
-        raise TypeError(
+        raise self._not_natural()
+
+    def _not_natural(self) -> TypeError:
+        return TypeError(
             f"{type(self).__name__} is not held in natural parameters, so natural-gradient "
             "strategies cannot move it; start from `model.init_variational()`."
         )
+
+    def statistics_and_target(self, model, batch, statistics_fn, scale, fuse: bool):
+        """One natural step's data work: `(sum_b w_b E[log p_b], KL, target, marginals)`.
+
+        `statistics_fn(y, marginals) -> SiteStatistics` is the strategy's curvature
+        estimator. This default runs the protocol's three stages in turn (marginals, per-point
+        statistics, `model.natural_target`); a family over whitened coordinates may let the
+        model fuse them into one pass over the rows (`fuse=True`, for statistics that do not
+        draw random numbers), and then returns `marginals=None`."""
+        marginals, kl = model.latent_marginals_and_kl(self, batch)
+        statistics = statistics_fn(model.targets(batch), marginals)
+        statistics = model.weighted_statistics(batch, statistics)
+        target = model.natural_target(self, batch, marginals, statistics, scale)
+        return jnp.sum(statistics.log_prob), kl, target, marginals
 
     def coordinate_mean(self, marginals: Marginals) -> Float[Array, "C D"]:
         """The mean of the coordinates the stored precision acts on (used by the safeguards

@@ -66,9 +66,7 @@ class DenseGaussianVariational(AbstractWhitenedVariational):
         log_det = jnp.sum(jnp.log(jnp.diagonal(factor)))
         return 0.5 * (jnp.sum(inverse**2) + mean @ mean - dim) + log_det
 
-    def natural_target(self, model, batch, marginals, statistics, scale):
-        grads, hessians = model.pullback(batch, statistics, diagonal=False)
-
+    def target_from_pullback(self, grads, hessians, scale):
         def one(q, grad_v, hess_v):
             lam1, lam2 = likelihood_site(q._mean(), scale * grad_v, scale * hess_v)
             eye = jnp.eye(lam1.shape[0], dtype=lam1.dtype)

@@ -50,9 +50,7 @@ class DiagonalGaussianVariational(AbstractWhitenedVariational):
         s, m = -2.0 * self.eta2, self._mean()
         return 0.5 * (jnp.sum(1.0 / s) + m @ m - m.shape[0] + jnp.sum(jnp.log(s)))
 
-    def natural_target(self, model, batch, marginals, statistics, scale):
-        grads, hessians = model.pullback(batch, statistics, diagonal=True)
-
+    def target_from_pullback(self, grads, hessians, scale):
         def one(q, grad_v, hess_v):
             s = -2.0 * q.eta2
             zeros, ones = jnp.zeros_like(s), jnp.ones_like(s)

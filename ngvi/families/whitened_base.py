@@ -60,3 +60,24 @@ class AbstractWhitenedVariational(AbstractVariational):
 
     def coordinate_mean(self, marginals):
         return each_latent(lambda q: q._mean(), self)
+
+    def target_from_pullback(self, grads, hessians, scale) -> tuple[Array, Array]:
+        """The natural-gradient target from the data's statistics pulled back to `v`
+        (`model.pullback`: `sum_b a_b E[g_b]` and `sum_b a_b E[H_b] a_b^T`, per latent); only
+        the families held in natural parameters have one."""
+        raise self._not_natural()
+
+    def natural_target(self, model, batch, marginals, statistics, scale):
+        pulled = model.pullback(batch, statistics, diagonal=self.diagonal_precision)
+        return self.target_from_pullback(*pulled, scale)
+
+    def statistics_and_target(self, model, batch, statistics_fn, scale, fuse: bool):
+        """With `fuse`, the model computes marginals, statistics and their pullback in one
+        pass over the rows (`model.pulled_back_statistics`): the kernel block of a chunk is
+        built once per step instead of once for the marginals and again for the pullback."""
+        if not fuse:
+            return super().statistics_and_target(model, batch, statistics_fn, scale, fuse)
+        log_prob, grads, hessians = model.pulled_back_statistics(
+            self, batch, statistics_fn, self.diagonal_precision
+        )
+        return log_prob, self.kl_to_prior(), self.target_from_pullback(grads, hessians, scale), None

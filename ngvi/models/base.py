@@ -105,6 +105,16 @@ class AbstractModel(eqx.Module):
         grads, hessians = view.from_points(statistics.grad), view.from_points(statistics.hess)
         return over_latents(lambda v, g, h: v.pullback(g, h, diagonal), view, grads, hessians)
 
+    def pulled_back_statistics(self, q, batch: Data | None, statistics_fn, diagonal: bool):
+        """`(sum_b w_b E[log p_b], grads, hessians)`: the strategy's per-point statistics
+        (`statistics_fn(y, marginals)`) at the marginals of `q` over whitened coordinates,
+        weighted, and pulled back as in `pullback`. Here the three stages run in turn; a model
+        that streams over its rows fuses them into one pass (`SparseModel`)."""
+        marginals = self.whitened_marginals(q, batch)
+        statistics = self.weighted_statistics(batch, statistics_fn(self.targets(batch), marginals))
+        grads, hessians = self.pullback(batch, statistics, diagonal)
+        return jnp.sum(statistics.log_prob), grads, hessians
+
     def site_view(self, batch: Data | None):
         raise TypeError(
             f"{type(self).__name__} has no per-point sites; use `model.init_variational()`."
@@ -196,6 +206,12 @@ class AbstractModel(eqx.Module):
     ) -> tuple[Array, Array]:
         """`q`'s parameters at `eta_prior + scale * site(statistics)`."""
         return q.natural_target(self, batch, marginals, statistics, scale)
+
+    def statistics_and_target(self, q, batch, statistics_fn, scale, fuse: bool):
+        """A natural step's data work, `(sum_b w_b E[log p_b], KL, target, marginals)`
+        (`marginals` may be `None` when `fuse`): see
+        `AbstractVariational.statistics_and_target`."""
+        return q.statistics_and_target(self, batch, statistics_fn, scale, fuse)
 
     def expected_log_likelihood(self, y, marginals: Marginals) -> Float[Array, " B"]:
         """`E_q[log p(y_b | f_b)]` per point: closed form or quadrature, never sampled."""

@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from .._data import Data, as_inputs, prepare_data, prepare_sharded_data
+from .._data import Data, as_inputs, prepare_data, prepare_sharded_data, weighted
 from .._sharding import RowSharding
+from ..families import SiteStatistics
 from ..families.views import over_latents
 from ..likelihoods import AbstractLikelihood
 from ..parameters import learnable
@@ -172,6 +173,28 @@ class SparseModel(AbstractModel):
             return over_latents(lambda v, g, h: v.pullback(g, h, diagonal), view, grads, hessians)
 
         chunks = (rows.X, statistics.grad, statistics.hess)
+        if self.sharding is None:
+            return chunked_sum(one_chunk, chunks, self.chunk_size)
+        return self.sharding.sum_rows(lambda c: chunked_sum(one_chunk, c, self.chunk_size), chunks)
+
+    def pulled_back_statistics(self, q, batch, statistics_fn, diagonal):
+        """One pass over the rows in chunks: per chunk the kernel block and its view are built
+        once, and give the marginals, the statistics and their pullback (the unfused sequence
+        builds them twice, for the marginals and for the pullback)."""
+        rows = self._rows(batch)
+        factor = self._inverse_factor()
+
+        def one_chunk(chunk, overlap):
+            X, y, weight = chunk
+            view = self._view(factor, X)
+            statistics = statistics_fn(y, q.project(view))
+            keep = overlap if weight is None else overlap * weight
+            statistics = SiteStatistics(*(weighted(keep, part) for part in statistics))
+            grads, hessians = view.from_points(statistics.grad), view.from_points(statistics.hess)
+            pulled = over_latents(lambda v, g, h: v.pullback(g, h, diagonal), view, grads, hessians)
+            return jnp.sum(statistics.log_prob), *pulled
+
+        chunks = (rows.X, rows.y, rows.weight)
         if self.sharding is None:
             return chunked_sum(one_chunk, chunks, self.chunk_size)
         return self.sharding.sum_rows(lambda c: chunked_sum(one_chunk, c, self.chunk_size), chunks)

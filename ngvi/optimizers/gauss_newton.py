@@ -1,5 +1,7 @@
 """Natural-gradient VI with Gauss-Newton curvature."""
 
+from typing import ClassVar
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -48,6 +50,7 @@ class GaussNewton(AbstractNaturalStep):
     precision_floor: float = 0.0
     psd_correction: bool = eqx.field(default=False, static=True)
     max_backoffs: int = eqx.field(default=10, static=True)
+    draws_samples: ClassVar[bool] = False
 
     def init(self, model, q):
         if not model.likelihood.has_conditional_moments:

@@ -1,6 +1,7 @@
 """The shared natural-gradient step, and natural gradients with deterministic expectations."""
 
 import abc
+from typing import ClassVar
 
 import equinox as eqx
 import jax
@@ -68,6 +69,10 @@ class AbstractNaturalStep(AbstractOptimizer):
         if self.max_backoffs < 0:
             raise ValueError(f"`max_backoffs` must be >= 0, got {self.max_backoffs}.")
 
+    draws_samples: ClassVar[bool] = True
+    """Whether `statistics` draws random numbers from `key` (then they are computed over the
+    whole batch at once, never chunk by chunk)."""
+
     @abc.abstractmethod
     def statistics(self, model, y, marginals: Marginals, key) -> SiteStatistics:
         """`E_q[log p]`, `E_q[g]` and the curvature `E_q[H]` per point at the marginals."""
@@ -100,14 +105,20 @@ class AbstractNaturalStep(AbstractOptimizer):
         return q, state
 
     def step(self, model, q, state: Retreat, batch, step_count, key):
-        marginals, kl = model.latent_marginals_and_kl(q, batch)
-        statistics = self.statistics(model, model.targets(batch), marginals, key)
-        statistics = model.weighted_statistics(batch, statistics)
         scale = model.batch_scale(batch)
-        elbo = scale * jnp.sum(statistics.log_prob) - kl
-        target = model.natural_target(q, batch, marginals, statistics, scale)
+
+        def statistics(y, marginals):
+            return self.statistics(model, y, marginals, key)
+
+        # Deterministic statistics may be computed chunk by chunk, fused with the marginals
+        # and the pullback; sampled ones keep one draw over the whole batch.
+        log_prob, kl, target, marginals = model.statistics_and_target(
+            q, batch, statistics, scale, fuse=not self.draws_samples
+        )
+        elbo = scale * log_prob - kl
         mean = q.coordinate_mean(marginals) if self._needs_mean else None
-        resolution = 100 * jnp.finfo(marginals.mean.dtype).eps  # the ELBO's rounding
+        dtype = q.parameters[0].dtype
+        resolution = 100 * jnp.finfo(dtype).eps  # the ELBO's rounding
         margin = jnp.maximum(self.decrease_tolerance, resolution) * (1.0 + jnp.abs(state.elbo))
         # A minibatch ELBO is a noisy estimate on a different batch each step: no retreat.
         retreat = (elbo < state.elbo - margin) & (batch is None)
@@ -120,7 +131,7 @@ class AbstractNaturalStep(AbstractOptimizer):
             scheduled = default_step_size(step_count, scale)
         else:
             scheduled = step_size_at(self.lr, step_count)
-        scheduled = jnp.maximum(scheduled.astype(marginals.mean.dtype), 0.0)
+        scheduled = jnp.maximum(scheduled.astype(dtype), 0.0)
         rho = base.trust * scheduled
         rho = jnp.where(retreat, jnp.minimum(rho, 0.5 * state.step_size), rho)
         new_q, accepted, num_backoffs = backoff_update(
@@ -171,6 +182,7 @@ class NaturalGradient(AbstractNaturalStep):
     precision_floor: float = 0.0
     psd_correction: bool = eqx.field(default=False, static=True)
     max_backoffs: int = eqx.field(default=10, static=True)
+    draws_samples: ClassVar[bool] = False
 
     @property
     def decrease_tolerance(self) -> float:
