@@ -40,11 +40,12 @@ def _quadrature_error(model, q):
     return model.quadrature_error(q)
 
 
-def quadrature_warning(model, q, elbo) -> str:
+def quadrature_warning(model, q, elbo, error=None) -> str:
     """A sentence when the ELBO's Gauss-Hermite quadrature at `q` is less accurate than
-    `1e-6 (1 + |ELBO|)` (its change when the nodes are doubled), else ''. The fit's optimum is
-    then the optimum of an inaccurate ELBO, whatever its convergence test said."""
-    error = float(_quadrature_error(model, q))
+    `1e-6 (1 + |ELBO|)` (its change when the nodes are doubled; `error`, if already computed,
+    or `model.quadrature_error(q)`), else ''. The fit's optimum is then the optimum of an
+    inaccurate ELBO, whatever its convergence test said."""
+    error = float(_quadrature_error(model, q) if error is None else error)
     resolution = max(1e-6, 100 * float(jnp.finfo(model.dtype).eps))
     if not error > resolution * (1.0 + abs(float(elbo))):
         return ""

@@ -89,7 +89,7 @@ def fit(
     prior_problem = model.diagnose(q)  # a family may give a finite ELBO under an invalid prior
     if prior_problem:
         raise ValueError(prior_problem)
-    initial_elbo, _ = _full_elbo(model, q, data)
+    initial_elbo, _, _ = _full_elbo(model, q, data)
     if not bool(jnp.isfinite(initial_elbo)):
         raise ValueError(
             f"The starting ELBO is {float(initial_elbo)}. " + _describe(model, q, data)
@@ -233,15 +233,16 @@ def _elbo(model, q):
 
 
 @eqx.filter_jit
-def _elbo_error(model, q):
-    return model.elbo_error(q)
+def _elbo_report(model, q, quadrature: bool):
+    return model.elbo_report(q, None, quadrature)
 
 
-def _full_elbo(model, q, data):
-    """The full-data ELBO of `q` and its Monte Carlo standard error."""
+def _full_elbo(model, q, data, quadrature: bool = False):
+    """The full-data ELBO of `q`, its Monte Carlo standard error and (if asked for, in the same
+    pass) the error of its quadrature."""
     if data is None:
-        return _elbo(model, q), _elbo_error(model, q)
-    return data.elbo(model, q)
+        return _elbo_report(model, q, quadrature)
+    return (*data.elbo(model, q), None)
 
 
 def _describe(model, q, data) -> str:
@@ -253,7 +254,7 @@ def _describe(model, q, data) -> str:
 def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool, data=None) -> FitResult:
     steps = int(carry.step)
     model = loop.full_model(carry.learned)
-    final_elbo, error = _full_elbo(model, carry.q, data)
+    final_elbo, error, quadrature = _full_elbo(model, carry.q, data, quadrature=True)
     outcome = carry.outcome
     message = FitOutcome[outcome]
     if outcome == FitOutcome.failed:
@@ -266,7 +267,7 @@ def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool, data=None) -> F
     elif outcome in (FitOutcome.stalled, FitOutcome.schedule_ended, FitOutcome.interrupted):
         warnings.warn(f"ngvi.fit stopped after {steps} steps: {message}.", stacklevel=3)
     if data is None and outcome != FitOutcome.failed:
-        inaccurate = quadrature_warning(model, carry.q, final_elbo)
+        inaccurate = quadrature_warning(model, carry.q, final_elbo, quadrature)
         if inaccurate:
             warnings.warn(f"ngvi.fit: {inaccurate}", stacklevel=3)
     history = jax.tree.map(lambda buffer: buffer[:steps], carry.history)

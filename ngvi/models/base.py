@@ -221,17 +221,26 @@ class AbstractModel(eqx.Module):
         """The standard error of `elbo(q, batch)` from Monte Carlo expectations (0 when every
         expectation is exact): `scale * sqrt(sum_b se_b^2)` over the points' independent
         estimates."""
-        marginals, _ = self.latent_marginals_and_kl(q, batch)
-        per_point = expected_log_prob_error(self.likelihood, self.targets(batch), marginals)
-        per_point = weighted(self.point_weights(batch), per_point)
-        return self.batch_scale(batch) * jnp.sqrt(jnp.sum(per_point**2))
+        return self.elbo_report(q, batch)[1]
 
     def quadrature_error(self, q: AbstractVariational) -> Float[Array, ""]:
         """How far the ELBO's quadrature may be from the exact expectations: the sum over all
         points of `AbstractLikelihood.quadrature_error` (0 for closed forms)."""
-        marginals, _ = self.latent_marginals_and_kl(q)
-        errors = quadrature_error(self.likelihood, self.targets(None), marginals)
-        return jnp.sum(weighted(self.point_weights(None), errors))
+        return self.elbo_report(q, None, quadrature=True)[2]
+
+    def elbo_report(self, q, batch: Data | None = None, quadrature: bool = False):
+        """`(elbo, elbo_error, quadrature_error)` from one computation of the marginals (what
+        `fit` reports before and after its loop); the quadrature error is 0 unless asked
+        for."""
+        marginals, kl = self.latent_marginals_and_kl(q, batch)
+        y, weight, scale = self.targets(batch), self.point_weights(batch), self.batch_scale(batch)
+        expected = weighted(weight, self.expected_log_likelihood(y, marginals))
+        per_point = weighted(weight, expected_log_prob_error(self.likelihood, y, marginals))
+        report = [scale * jnp.sum(expected) - kl, scale * jnp.sqrt(jnp.sum(per_point**2))]
+        if not quadrature:
+            return (*report, jnp.zeros((), report[0].dtype))
+        errors = weighted(weight, quadrature_error(self.likelihood, y, marginals))
+        return (*report, jnp.sum(errors))
 
     def elbo(self, q: AbstractVariational, batch: Data | None = None) -> Float[Array, ""]:
         """`sum_i w_i E_q[log p(y_i | f_i)] - KL(q || p)` (`w_i = 1` unless the data carry
