@@ -209,12 +209,17 @@ class SparseModel(AbstractModel):
         return self.sharding.take(self.data, indices)
 
     def diagnose(self, q) -> str:
-        if bool(jnp.all(jnp.isfinite(self._factor()))):
+        if bool(_factor_is_finite(self)):
             return ""
         return (
             "K(Z, Z) + jitter * I is not numerically positive definite: inducing inputs are "
             "(nearly) repeated or `jitter` is too small; increase the prior's jitter."
         )
+
+
+@eqx.filter_jit
+def _factor_is_finite(model) -> Array:
+    return jnp.all(jnp.isfinite(model._factor()))
 
 
 def _streamed_rows(X, y, num_data) -> int | None:
