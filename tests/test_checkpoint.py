@@ -21,6 +21,7 @@ def _same(a, b) -> bool:
     return bool(eqx.tree_equal((a.q, a.model, a.history), (b.q, b.model, b.history)))
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_resume_is_bitwise_with_learned_hyperparameters(tmp_path):
     model, learn = tutorial_model(), ngvi.LearnHyperparameters(optax.adam(0.05))
     kwargs = dict(learn=learn, progress=False, tol=0.0)

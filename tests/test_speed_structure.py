@@ -177,6 +177,7 @@ def test_zero_sites_keep_the_blocked_inverse_clear_of_subnormals(dtype):
     np.testing.assert_allclose(factors.variance[0], np.full(n, 1.0 + 1e-3), rtol=1e-6)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_float32_fits_stay_finite():
     with jax.enable_x64(False):
         # 1000 banana points at lengthscale 0.5 need float32-sized jitter (1e-6 is below
