@@ -66,9 +66,13 @@ def test_gaussian_maximises_the_exact_log_marginal_likelihood():
 @pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_probit_converges_above_the_adam_learner():
     model = tutorial_model()
-    result = ngvi.fit_hyperparameters(model)
+    # gtol 1e-8: at the default 1e-5 (1 + |F|) the gradient may be ~1e-4 at convergence, and F
+    # then sits up to ~|g|^2 / (2 mu) ~ 1e-8 below the optimum, more than the 1e-9 compared
+    # below (where it stops moved from above to 1e-8 below the Adam run when the probit's
+    # log Phi changed in its last digits).
+    result = ngvi.fit_hyperparameters(model, gtol=1e-8)
     assert result.converged, result.message
-    assert float(result.grad_norm) <= 1e-5 * (1 + abs(float(result.elbo)))
+    assert float(result.grad_norm) <= 1e-8 * (1 + abs(float(result.elbo)))
     np.testing.assert_allclose(result.elbo, result.model.elbo(result.q), rtol=1e-12)
     adam = ngvi.LearnHyperparameters(optax.adam(0.05))
     long_run = ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), 3000, learn=adam, progress=False)
