@@ -141,3 +141,32 @@ def test_estimator_folds_of_neighbouring_sizes_share_one_compiled_fit():
         np.testing.assert_allclose(
             reference.kernel_.lengthscale, alone.model.prior.kernel.lengthscale, rtol=1e-5
         )
+
+
+def test_sparse_weights_full_batch_and_minibatch():
+    X, y = (np.asarray(a) for a in ngvi.datasets.banana_large())
+    X, y = X[:700], y[:700]
+    weights = np.concatenate([np.random.default_rng(4).uniform(0.5, 2.0, 600), np.zeros(100)])
+    prior = ngvi.GPPrior(ngvi.kernels.SquaredExponential(1.0, 0.5), jitter=1e-6)
+
+    def sparse(X, y, weights=None):
+        return ngvi.SparseModel(
+            prior, ngvi.likelihoods.Probit(), X, y, inducing=X[:24], chunk_size=256,
+            weights=weights,
+        )  # fmt: skip
+
+    weighted = sparse(X, y, weights)
+    # The 100 weight-0 rows are not there: the same fit as on the first 600 rows with the
+    # same weights (inducing inputs identical: the first 24 rows).
+    alone = ngvi.fit(sparse(X[:600], y[:600], weights[:600]), ngvi.NaturalGradient(lr=1.0), **FIT)
+    fitted = ngvi.fit(weighted, ngvi.NaturalGradient(lr=1.0), **FIT)
+    np.testing.assert_allclose(float(fitted.elbo), float(alone.elbo), rtol=1e-10)
+    # Minibatches carry their weights: the N / B-scaled estimates over one epoch average to
+    # the full-data ELBO.
+    order = np.random.default_rng(5).permutation(700)
+    batches = [weighted.data[order[k : k + 100]] for k in range(0, 700, 100)]
+    estimates = [float(weighted.elbo(fitted.q, batch)) for batch in batches]
+    np.testing.assert_allclose(np.mean(estimates), float(fitted.elbo), rtol=1e-10)
+    with pytest.raises(ValueError, match="in-memory data on one device"):
+        ngvi.SparseModel(prior, ngvi.likelihoods.Probit(), num_data=10, inducing=X[:4],
+                         weights=np.ones(10))  # fmt: skip

@@ -44,6 +44,9 @@ class SparseModel(AbstractModel):
     - `seed`: for choosing `Z` when `inducing` is an integer.
     - `num_data`: for a model without data (`X = y = None`) that `fit(..., data=stream)`
       feeds from a `ngvi.Stream`: the number of rows the stream holds.
+    - `weights`: optional non-negative weights `(n,)` of the points' expected
+      log-likelihoods, as for `ngvi.Model` (in-memory data on one device only). A minibatch
+      carries its rows' weights, so the `N / B`-scaled estimate stays unbiased.
 
     `X` and `y` may be split by rows over devices (`jax.device_put(X, NamedSharding(mesh,
     P("data")))`, or a global array over several processes): every pass over the rows then
@@ -77,6 +80,7 @@ class SparseModel(AbstractModel):
         chunk_size: int = 4096,
         seed: int = 0,
         num_data: int | None = None,
+        weights=None,
     ):
         if not isinstance(prior, GPPrior):
             raise TypeError(f"`prior` must be a GPPrior, got {type(prior).__name__}.")
@@ -85,10 +89,15 @@ class SparseModel(AbstractModel):
         check_latents(prior, likelihood)
         self.sharding = RowSharding.of(X)
         self.streamed_rows = _streamed_rows(X, y, num_data)
+        if weights is not None and (self.streamed_rows is not None or self.sharding is not None):
+            raise ValueError(
+                "`weights` are supported for in-memory data on one device; a streamed or "
+                "sharded SparseModel weighs every point equally."
+            )
         if self.streamed_rows is not None:
             self.data = None
         elif self.sharding is None:
-            self.data = prepare_data(likelihood, X, y)
+            self.data = prepare_data(likelihood, X, y, weights)
         else:
             self.data = prepare_sharded_data(likelihood, X, y, self.sharding)
         dtype = jnp.zeros(()).dtype
