@@ -258,6 +258,7 @@ def test_an_interrupted_write_keeps_the_previous_results(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["data.csv", "out"]  # no staging left
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_bom_text_labels_and_several_classes(tmp_path):
     rng = np.random.default_rng(0)
     X = rng.uniform(-3, 3, (60, 2))

@@ -83,6 +83,7 @@ def test_example_runs_and_prints_finite_numbers(script, tmp_path):
     assert plots and all(plot.stat().st_size > 0 for plot in plots)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_logistic_regression_example_against_independent_optima(tmp_path):
     script = ROOT / "examples" / "logistic_regression_blr.py"
     output = _run(script, tmp_path)

@@ -356,6 +356,7 @@ print("OK")
 """
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_pickled_estimators_predict_identically_without_x64():
     """Regression (issue 14): without `jax_enable_x64` an unpickled estimator came back in
     float32, and the regressor's predictions were NaN."""
