@@ -59,6 +59,14 @@ def check_latents(prior, likelihood) -> None:
         )
 
 
+@eqx.filter_jit
+def prior_factor_is_finite(model) -> Array:
+    """Whether the Cholesky factor of the model's prior coordinates (`latent_coordinates`) is
+    finite: one compiled call for `diagnose`, not a dozen eager operations that each compile on
+    first use (a fresh process's first fit paid ~0.3 s)."""
+    return jnp.all(jnp.isfinite(model.latent_coordinates().design))
+
+
 class AbstractModel(eqx.Module):
     """The model protocol (see the module docstring)."""
 

@@ -1,7 +1,6 @@
 """`Model`: a prior, a likelihood and data, with the latent exact at every data point."""
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -9,7 +8,7 @@ from .._data import Data, as_inputs, prepare_data
 from ..families import CoupledSiteGaussianVariational, SiteGaussianVariational
 from ..likelihoods import AbstractLikelihood
 from ..priors import AbstractPrior, GaussianPrior
-from .base import FAMILIES, AbstractModel, check_family, check_latents
+from .base import FAMILIES, AbstractModel, check_family, check_latents, prior_factor_is_finite
 
 
 def _check_coupled(prior, likelihood) -> None:
@@ -25,13 +24,6 @@ def _check_coupled(prior, likelihood) -> None:
             f"{type(likelihood).__name__} is piecewise constant in f, so the coupled family's "
             "Monte Carlo derivatives would be zero; use family='full' (exact expectations)."
         )
-
-
-@eqx.filter_jit
-def _factor_is_finite(model) -> jax.Array:
-    """Whether the prior's Cholesky factor is finite: one compiled call, not a dozen eager
-    operations that each compile on first use (a fresh process's first fit paid ~0.3 s)."""
-    return jnp.all(jnp.isfinite(model.latent_coordinates().design))
 
 
 class Model(AbstractModel):
@@ -153,7 +145,7 @@ class Model(AbstractModel):
         that its rounding calls for. `fit` asks before it starts (one Cholesky of the prior
         covariance): the site form would otherwise evaluate a finite, wrong ELBO under an
         indefinite kernel matrix."""
-        if bool(_factor_is_finite(self)):
+        if bool(prior_factor_is_finite(self)):
             return ""
         dtype = self.dtype
         if not self.prior.has_sites:

@@ -12,7 +12,7 @@ from ..families.views import over_latents
 from ..likelihoods import AbstractLikelihood
 from ..parameters import learnable
 from ..priors import GPPrior
-from .base import AbstractModel, check_family, check_latents
+from .base import AbstractModel, check_family, check_latents, prior_factor_is_finite
 from .chunks import chunked_rows, chunked_sum, mapped_rows
 from .inducing import kmeans_inducing
 
@@ -218,17 +218,12 @@ class SparseModel(AbstractModel):
         return self.sharding.take(self.data, indices)
 
     def diagnose(self, q) -> str:
-        if bool(_factor_is_finite(self)):
+        if bool(prior_factor_is_finite(self)):
             return ""
         return (
             "K(Z, Z) + jitter * I is not numerically positive definite: inducing inputs are "
             "(nearly) repeated or `jitter` is too small; increase the prior's jitter."
         )
-
-
-@eqx.filter_jit
-def _factor_is_finite(model) -> Array:
-    return jnp.all(jnp.isfinite(model._factor()))
 
 
 def _streamed_rows(X, y, num_data) -> int | None:
