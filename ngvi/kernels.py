@@ -184,6 +184,13 @@ class AbstractStationaryKernel(AbstractKernel):
         """The lengthscale(s) `ell = exp(log_lengthscale)`."""
         return jnp.exp(self.log_lengthscale)
 
+    @property
+    def _inverse_lengthscale(self) -> Float[Array, "*d"]:
+        """`1 / ell = exp(-log_lengthscale)`: a lengthscale too long for floating point (a
+        feature switched off) then scales its inputs by 0 with derivative 0, where
+        `x / exp(log_lengthscale)` gave `x / inf` and a NaN derivative `-x inf / inf^2`."""
+        return jnp.exp(-self.log_lengthscale)
+
     @abc.abstractmethod
     def profile(self, r2: Float[Array, ""]) -> Float[Array, ""]:
         """Return `kappa(r^2)`, the kernel as a function of the scaled squared distance."""
@@ -197,7 +204,7 @@ class AbstractStationaryKernel(AbstractKernel):
 
     def evaluate(self, x1: Float[Array, " d"], x2: Float[Array, " d"]) -> Float[Array, ""]:
         self._check_dimension(x1.shape[-1])
-        scaled = (x1 - x2) / self.lengthscale
+        scaled = (x1 - x2) * self._inverse_lengthscale
         return self.variance * self.profile(jnp.sum(scaled**2))
 
     def __call__(
@@ -207,8 +214,8 @@ class AbstractStationaryKernel(AbstractKernel):
         inputs divided by the lengthscales."""
         X1, X2 = _paired_inputs(X1, X2)
         self._check_dimension(X1.shape[1])
-        ell = jnp.broadcast_to(self.lengthscale, X1.shape[1:])[None, :]
-        return self.variance * self.profile(squared_distances(X1 / ell, X2 / ell))
+        inverse = jnp.broadcast_to(self._inverse_lengthscale, X1.shape[1:])[None, :]
+        return self.variance * self.profile(squared_distances(X1 * inverse, X2 * inverse))
 
 
 class SquaredExponential(AbstractStationaryKernel):

@@ -259,3 +259,21 @@ def test_sum_and_product_gram_match_pairwise_evaluation(getkey):
     for kernel in (a + b, a * b, (a + b) * a):
         pairwise = jax.vmap(jax.vmap(kernel.evaluate, (None, 0)), (0, None))(X1, X2)
         np.testing.assert_allclose(kernel(X1, X2), pairwise, rtol=1e-13)
+
+
+@ALL
+def test_a_lengthscale_beyond_floating_point_switches_its_feature_off(name, getkey):
+    """Reproducer: EM on sonar from scikit-learn's hyperparameters (lengthscales up to 1e5)
+    stepped a log-lengthscale past 709, where `x / exp(log_ell)` is `x / inf` with derivative
+    `-x inf / inf^2 = NaN`, and the fit failed. The feature is switched off instead: the Gram
+    matrix is that of the other features and the derivative is 0."""
+    X = _inputs(getkey(), 6, 2)
+    kernel = eqx.tree_at(
+        lambda k: k.log_lengthscale,
+        KERNELS[name](1.3, [0.7, 1.0]),
+        jnp.array([jnp.log(0.7), 750.0]),
+    )
+    only_first = KERNELS[name](1.3, 0.7)(X[:, :1], X[:, :1])
+    np.testing.assert_allclose(kernel(X, X), only_first, rtol=1e-14)
+    grad = eqx.filter_grad(lambda k: jnp.sum(k(X, X)) + k.evaluate(X[0], X[1]))(kernel)
+    assert np.all(np.isfinite(grad.log_lengthscale)) and grad.log_lengthscale[1] == 0.0
