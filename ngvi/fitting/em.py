@@ -23,7 +23,9 @@ iteration
    budget) to about 3.5, at the same convergence test;
 
 so `F` never decreases (the re-solve returns the best `q` it evaluated; a step that still
-lowers `F` ends as `stalled`). **Converged** means `max |dF/dtheta| <= gtol (1 + |F|)` *and*
+lowers `F` ends as `stalled`). A candidate whose re-solve or gradient is NaN/inf (the line
+search sees only the minoriser's values) is rejected and the step towards it halved, up to 30
+times before the fit ends as `failed`. **Converged** means `max |dF/dtheta| <= gtol (1 + |F|)` *and*
 a last change of `F` of at most `ftol (1 + |F|)`. One `lax.while_loop`, compiled per shape.
 """
 
@@ -56,7 +58,10 @@ class HyperparameterOutcome(eqx.Enumeration):
         "the line search found no step that increases F before the gradient met the tolerance; "
         "the best hyperparameters were kept"
     )
-    failed = "a step produced NaN/inf; the last finite hyperparameters were kept"
+    failed = (
+        "a step produced NaN/inf (30 halvings of it did too); the last finite hyperparameters "
+        "were kept"
+    )
 
 
 class HyperparameterResult(eqx.Module):
@@ -174,6 +179,7 @@ class _Carry(eqx.Module):
     change: Array  # how much the last accepted iteration raised F
     step: Array
     inner_steps: Array
+    retries: Array  # candidates rejected in a row for a NaN/inf re-solve or gradient
     outcome: HyperparameterOutcome
 
 
@@ -242,9 +248,12 @@ def _solve(
         scale = 1.0 + jnp.abs(value)
         small = (jnp.max(jnp.abs(grad)) <= gtol * scale) & (jnp.abs(change) <= ftol * scale)
         finite = _all_finite((q, value, grad))
+        # A candidate where the re-solve or the gradient is NaN/inf (the line search only saw
+        # a finite minoriser) is rejected and the step towards it halved, up to 30 times.
+        retry = ~finite & (c.retries < 30)
         outcome = Outcome.where(
             ~finite,
-            Outcome.failed,
+            Outcome.where(retry, c.outcome, Outcome.failed),
             Outcome.where(
                 small, Outcome.converged, Outcome.where(change <= 0, Outcome.stalled, c.outcome)
             ),
@@ -256,17 +265,23 @@ def _solve(
             lambda new, old: jnp.where(accept, new, old), (c.theta, q, value, grad), c.best
         )
         theta, q, value, grad = best
-        candidate = line_search(theta, q, value, grad, _direction(memory, grad))
-        change = jnp.where(accept, change, c.change)
-        return _Carry(
-            candidate, q, memory, best, change, c.step + 1, c.inner_steps + inner, outcome
+        candidate = jnp.where(
+            retry,
+            theta + 0.5 * (c.theta - theta),
+            line_search(theta, q, value, grad, _direction(memory, grad)),
         )
+        change = jnp.where(accept, change, c.change)
+        retries = jnp.where(retry, c.retries + 1, 0)
+        return _Carry(
+            candidate, q, memory, best, change, c.step + 1, c.inner_steps + inner, retries,
+            outcome,
+        )  # fmt: skip
 
     inf = jnp.asarray(jnp.inf, theta.dtype)
     start = _Carry(
         theta, q, empty_memory(memory_size, theta.shape[0], theta.dtype),
         (theta, q, inf, jnp.zeros_like(theta)), inf, jnp.asarray(-1), jnp.asarray(0),
-        Outcome.max_steps,
+        jnp.asarray(0), Outcome.max_steps,
     )  # fmt: skip
 
     def running(c: _Carry):
