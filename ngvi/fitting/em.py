@@ -127,7 +127,8 @@ def fit_hyperparameters(
     - `inner_tol`, `inner_fraction`, `max_inner_steps`: when a re-solve of `q` stops (module
       docstring; `inner_fraction=0` re-solves to `inner_tol` every time); `memory_size`:
       L-BFGS pairs.
-    - `throw`: raise `RuntimeError` if a step produced NaN/inf instead of returning.
+    - `throw`: raise `RuntimeError` if a step produced NaN/inf (and 30 halvings of it did too)
+      instead of returning.
 
     **Returns:** a `HyperparameterResult`; `result.converged` is `True` only for the
     `converged` outcome.
