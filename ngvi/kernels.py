@@ -127,7 +127,9 @@ class SumKernel(AbstractKernel):
     def evaluate(self, x1: Float[Array, " d"], x2: Float[Array, " d"]) -> Float[Array, ""]:
         return self.first.evaluate(x1, x2) + self.second.evaluate(x1, x2)
 
-    def __call__(self, X1: Float[ArrayLike, "n ..."], X2: Float[ArrayLike, "m ..."]):
+    def __call__(
+        self, X1: Float[ArrayLike, "n ..."], X2: Float[ArrayLike, "m ..."]
+    ) -> Float[Array, "n m"]:
         return self.first(X1, X2) + self.second(X1, X2)
 
 
@@ -140,7 +142,9 @@ class ProductKernel(AbstractKernel):
     def evaluate(self, x1: Float[Array, " d"], x2: Float[Array, " d"]) -> Float[Array, ""]:
         return self.first.evaluate(x1, x2) * self.second.evaluate(x1, x2)
 
-    def __call__(self, X1: Float[ArrayLike, "n ..."], X2: Float[ArrayLike, "m ..."]):
+    def __call__(
+        self, X1: Float[ArrayLike, "n ..."], X2: Float[ArrayLike, "m ..."]
+    ) -> Float[Array, "n m"]:
         return self.first(X1, X2) * self.second(X1, X2)
 
 

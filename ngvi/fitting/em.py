@@ -25,8 +25,9 @@ iteration
 so `F` never decreases (the re-solve returns the best `q` it evaluated; a step that still
 lowers `F` ends as `stalled`). A candidate whose re-solve or gradient is NaN/inf (the line
 search sees only the minoriser's values) is rejected and the step towards it halved, up to 30
-times before the fit ends as `failed`. **Converged** means `max |dF/dtheta| <= gtol (1 + |F|)` *and*
-a last change of `F` of at most `ftol (1 + |F|)`. One `lax.while_loop`, compiled per shape.
+times before the fit ends as `failed`. **Converged** means `max |dF/dtheta| <= gtol (1 + |F|)`
+*and* a last change of `F` of at most `ftol (1 + |F|)`. One `lax.while_loop`, compiled per
+shape.
 """
 
 import warnings
