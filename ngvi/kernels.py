@@ -74,7 +74,7 @@ def _squared_distances_jvp(primals, tangents):
     return squared_distances(A, B), 2.0 * (own - A @ dB.T - dA @ B.T)
 
 
-def _safe_sqrt(r2: Float[Array, ""]) -> Float[Array, ""]:
+def _safe_sqrt(r2: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
     """`sqrt(r2)` with a zero (not NaN/inf) gradient at `r2 = 0` (the double-`where` trick)."""
     positive = r2 > 0
     r = jnp.sqrt(jnp.where(positive, r2, 1.0))
@@ -196,8 +196,11 @@ class AbstractStationaryKernel(AbstractKernel):
         return jnp.exp(-self.log_lengthscale)
 
     @abc.abstractmethod
-    def profile(self, r2: Float[Array, ""]) -> Float[Array, ""]:
-        """Return `kappa(r^2)`, the kernel as a function of the scaled squared distance."""
+    def profile(self, r2: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
+        """Return `kappa(r^2)`, the kernel as a function of the scaled squared distance,
+        elementwise: `r2` is a scalar in `evaluate` and the `(n, m)` array of all pairs when
+        the Gram matrix is built, so write it with array operations (`jnp.where`, not
+        Python `if` or `lax.cond`)."""
 
     def _check_dimension(self, d: int) -> None:
         if self.log_lengthscale.ndim == 1 and self.log_lengthscale.shape[0] != d:
@@ -225,21 +228,21 @@ class AbstractStationaryKernel(AbstractKernel):
 class SquaredExponential(AbstractStationaryKernel):
     """The squared-exponential (RBF) kernel `k(x1, x2) = sigma^2 exp(-r^2 / 2)`."""
 
-    def profile(self, r2: Float[Array, ""]) -> Float[Array, ""]:
+    def profile(self, r2: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         return jnp.exp(-0.5 * r2)
 
 
 class Matern12(AbstractStationaryKernel):
     """The Matérn-1/2 (exponential) kernel `k(x1, x2) = sigma^2 exp(-r)`, `r = sqrt(r^2)`."""
 
-    def profile(self, r2: Float[Array, ""]) -> Float[Array, ""]:
+    def profile(self, r2: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         return jnp.exp(-_safe_sqrt(r2))
 
 
 class Matern32(AbstractStationaryKernel):
     """The Matérn-3/2 kernel `k(x1, x2) = sigma^2 (1 + sqrt(3) r) exp(-sqrt(3) r)`."""
 
-    def profile(self, r2: Float[Array, ""]) -> Float[Array, ""]:
+    def profile(self, r2: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         s = math.sqrt(3.0) * _safe_sqrt(r2)
         return (1.0 + s) * jnp.exp(-s)
 
@@ -247,6 +250,6 @@ class Matern32(AbstractStationaryKernel):
 class Matern52(AbstractStationaryKernel):
     """The Matérn-5/2 kernel `k(x1, x2) = sigma^2 (1 + sqrt(5) r + 5 r^2 / 3) exp(-sqrt(5) r)`."""
 
-    def profile(self, r2: Float[Array, ""]) -> Float[Array, ""]:
+    def profile(self, r2: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
         s = math.sqrt(5.0) * _safe_sqrt(r2)
         return (1.0 + s + s**2 / 3.0) * jnp.exp(-s)
