@@ -1,7 +1,9 @@
 """Command line: `python -m ngvi demo|fit|predict` (and `ngvi ...` once installed)."""
 
 import argparse
+import os
 import sys
+from typing import NoReturn
 
 from .cli import add_fit_parser, add_predict_parser
 
@@ -28,5 +30,20 @@ def main(argv: list[str] | None = None) -> int:
     return args.run(args)
 
 
+def run() -> NoReturn:
+    """The process entry point (`python -m ngvi`, the `ngvi` script): `main`, then exit with
+    its code. After Ctrl-C (code 130) the process leaves without the interpreter's teardown:
+    an interrupt during JIT compilation returns to Python while XLA still compiles in a
+    background thread, and tearing the interpreter down under it crashed the process
+    (SIGSEGV, after the outputs were already safe). Everything has been written and closed by
+    then; only the streams need flushing."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

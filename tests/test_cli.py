@@ -343,6 +343,31 @@ def _interrupt_cli(tmp_path, sig):
 
 
 @pytest.mark.slow
+def test_sigint_during_compilation_exits_130_not_sigsegv(tmp_path):
+    """Reproducer: Ctrl-C while the fit's loop compiled (1.2-1.6 s into the run here) returned
+    to Python with XLA still compiling in a background thread; the command reported the
+    interrupt and then crashed in the interpreter's teardown (exit -11, 6 runs in 10). The
+    delays sweep the compile window of a loaded or an idle machine."""
+    path = _classification_csv(tmp_path)
+    out = str(tmp_path / "out")
+    command = [sys.executable, "-m", "ngvi", "fit", path, "--steps", "100000", "--optimizer",
+               "adam", "--lr", "1e-4", "--out", out, "--quiet", "--no-plot"]  # fmt: skip
+    for delay in (0.6, 1.0, 1.2, 1.4, 1.6, 2.0, 2.5):
+        process = subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        try:
+            assert process.stdout.readline().startswith("ngvi fit:")
+            time.sleep(delay)
+            process.send_signal(signal.SIGINT)
+            code = process.wait(timeout=120)
+        finally:
+            process.kill()
+        err = process.stderr.read()
+        assert code == 130 and "interrupted" in err and "Traceback" not in err, (delay, code)
+
+
+@pytest.mark.slow
 def test_sigint_and_sigkill_leave_the_previous_results(tmp_path):
     for name in ("int", "kill"):
         (tmp_path / name).mkdir()
