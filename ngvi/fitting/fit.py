@@ -204,8 +204,13 @@ def _run(
     returns the last completed chunk's state with the `interrupted` outcome. A streamed fit
     (`feeder`) runs one step per chunk, each on the next batch the feeder has read."""
     chunk, target_seconds = 1, 0.5
-    current = None if feeder is not None else lambda c: _elbo(loop.full_model(c.learned), c.q)
-    with Progress(num_steps, progress, current) as bar:
+
+    def shown_elbo(c: Carry):
+        """The ELBO the progress bar shows, from the same compiled pass as before and after
+        the loop (no third program to compile when a long fit shows its bar)."""
+        return _elbo_report(loop.full_model(c.learned), c.q)[0]
+
+    with Progress(num_steps, progress, None if feeder is not None else shown_elbo) as bar:
         try:
             while int(carry.step) < num_steps and carry.outcome == FitOutcome.max_steps:
                 before, start = int(carry.step), time.perf_counter()
@@ -225,11 +230,6 @@ def _run(
         except KeyboardInterrupt:
             carry = eqx.tree_at(lambda c: c.outcome, carry, FitOutcome.interrupted)
     return carry
-
-
-@eqx.filter_jit
-def _elbo(model, q):
-    return model.elbo(q)
 
 
 @eqx.filter_jit
