@@ -3,6 +3,7 @@ log marginal likelihood, against the Adam-based learner run long, and honest out
 
 import warnings
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -181,3 +182,7 @@ def test_a_nan_gradient_at_a_candidate_halves_the_step_instead_of_failing():
     learned = float(result.model.likelihood.log_variance)
     assert -3.5 < learned <= _NoisyBeyond.LIMIT  # moved up to the edge, not past it
     assert np.isfinite(float(result.elbo)) and float(result.elbo) > float(start.elbo) + 1.0
+    # Started inside the region there is no step to halve: it fails at once, as before.
+    inside = eqx.tree_at(lambda m: m.likelihood.log_variance, model, jnp.asarray(-2.0))
+    failed = ngvi.fit_hyperparameters(inside, where=where, max_steps=40, throw=False)
+    assert failed.outcome == ngvi.HyperparameterOutcome.failed and int(failed.num_steps) == 0

@@ -251,8 +251,9 @@ def _solve(
         small = (jnp.max(jnp.abs(grad)) <= gtol * scale) & (jnp.abs(change) <= ftol * scale)
         finite = _all_finite((q, value, grad))
         # A candidate where the re-solve or the gradient is NaN/inf (the line search only saw
-        # a finite minoriser) is rejected and the step towards it halved, up to 30 times.
-        retry = ~finite & (c.retries < 30)
+        # a finite minoriser) is rejected and the step towards it halved, up to 30 times (at
+        # the accepted point itself there is no step to halve).
+        retry = ~finite & (c.retries < 30) & jnp.any(c.theta != c.best[0])
         outcome = Outcome.where(
             ~finite,
             Outcome.where(retry, c.outcome, Outcome.failed),
