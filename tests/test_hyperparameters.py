@@ -44,6 +44,7 @@ def _gaussian_model(X, y, variance=1.0, lengthscale=1.0, noise=1.0):
     return ngvi.Model(prior, ngvi.likelihoods.Gaussian(noise), X, y)
 
 
+@pytest.mark.slow  # 2000 Adam steps; the default run checks EM against scipy instead
 def test_gaussian_matches_exact_marginal_likelihood_maximiser():
     X, y = _regression_data()
     direct = scipy.optimize.minimize(
