@@ -81,6 +81,10 @@ class Checkpoint:
             "model": f"a {type(model).__name__} on {model.num_data} points",
             "strategy": type(loop.strategy).__name__,
         }
+        # A run killed while writing (SIGKILL, power loss) leaves its temporary file, which
+        # `atomic_write` names `.<name>.<random>.tmp`: the run that resumes removes it.
+        for stale in folder.glob(f".{Path(path).name}.*.tmp"):
+            stale.unlink(missing_ok=True)
         return cls(path, int(every), num_steps, json.loads(json.dumps(fingerprint)), summary)
 
     def stop_at(self, before: int, stop_at: int) -> int:
