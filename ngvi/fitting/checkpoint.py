@@ -28,7 +28,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..serialisation.container import LoadError, atomic_write, decode, encode
+from ..serialisation.container import (
+    LoadError,
+    atomic_write,
+    decode,
+    encode,
+    remove_stale_temporaries,
+)
 from ..serialisation.tree import describe
 from .loop import Carry, Loop
 from .outcome import FitOutcome
@@ -81,10 +87,7 @@ class Checkpoint:
             "model": f"a {type(model).__name__} on {model.num_data} points",
             "strategy": type(loop.strategy).__name__,
         }
-        # A run killed while writing (SIGKILL, power loss) leaves its temporary file, which
-        # `atomic_write` names `.<name>.<random>.tmp`: the run that resumes removes it.
-        for stale in folder.glob(f".{Path(path).name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+        remove_stale_temporaries(path)  # of an earlier run killed while writing this file
         return cls(path, int(every), num_steps, json.loads(json.dumps(fingerprint)), summary)
 
     def stop_at(self, before: int, stop_at: int) -> int:

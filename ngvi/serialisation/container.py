@@ -35,10 +35,16 @@ class LoadError(ValueError):
     newer version, incompatible with the current settings or fit)."""
 
 
+def _temporary_affixes(path: Path) -> tuple[str, str]:
+    """The prefix and suffix of `atomic_write`'s temporary files for `path`."""
+    return f".{path.name}.", ".tmp"
+
+
 def atomic_write(path, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same folder and `os.replace`."""
     path = Path(path)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    prefix, suffix = _temporary_affixes(path)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
         with os.fdopen(handle, "wb") as file:
             file.write(data)
@@ -48,6 +54,15 @@ def atomic_write(path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def remove_stale_temporaries(path) -> None:
+    """Remove the temporary files `atomic_write` left for `path` when its process was killed
+    mid-write (SIGKILL, power loss: nothing could clean up then)."""
+    path = Path(path)
+    prefix, suffix = _temporary_affixes(path)
+    for stale in path.parent.glob(f"{prefix}*{suffix}"):
+        stale.unlink(missing_ok=True)
 
 
 def encode(header: dict, arrays: list[np.ndarray]) -> bytes:
