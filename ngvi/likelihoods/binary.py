@@ -35,6 +35,29 @@ def _binary_labels(y: ArrayLike, name: str) -> np.ndarray:
 # most ~1e3 ulps to cancellation there.
 _MILLS_RULE = {32: (-5.0, 10), 64: (-7.0, 18)}
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
+
+
+def _mills_tail_gap(t: Array, terms: int) -> Array:
+    r"""$g(t) = r(-t) - t = 1/(t + 2/(t + 3/(t + \dots)))$ for $t \ge 5$, Laplace's continued
+    fraction truncated after `terms` partial numerators.
+
+    Written as $g = u / (1 + 2u^2 / (1 + 3u^2 / (1 + \dots)))$ with $u = 1/t$ and evaluated by
+    the forward (Wallis) recurrence $P_k = P_{k-1} + a_k P_{k-2}$, $Q_k = Q_{k-1} + a_k
+    Q_{k-2}$, $a_k = k u^2$: two multiply-adds per term and one division, where the backward
+    evaluation divides once per term (`where` evaluates this for every element, so the
+    divisions were a third of the probit's quadrature). Every term is positive, so the
+    recurrence is stable, and with $u \le 1/5$ the convergents stay near 1: no overflow
+    for any $t$.
+    """
+    u = 1 / t
+    u2 = u * u
+    p_before, p = jnp.zeros_like(u), u  # P_0 = 0, P_1 = u
+    q_before, q = jnp.ones_like(u), jnp.ones_like(u)  # Q_0 = Q_1 = 1
+    for k in range(2, terms + 1):
+        p_before, p = p, p + (k * u2) * p_before
+        q_before, q = q, q + (k * u2) * q_before
+    return p / q
 
 
 def _probit_parts(x: Array) -> tuple[Array, Array, Array]:
@@ -43,30 +66,28 @@ def _probit_parts(x: Array) -> tuple[Array, Array, Array]:
     `erfc`.
 
     In the body: $c = \Phi(-|x|) = \tfrac12 \operatorname{erfc}(|x| / \sqrt2)$, $\log\Phi(x)
-    = \log c$ ($x \le 0$) or $\operatorname{log1p}(-c)$ ($x > 0$), and $r = \exp(\log\phi -
-    \log\Phi)$. Further out (below -7 in float64, -5 in float32)
-    the gap cancels catastrophically, so it comes from Laplace's continued fraction
-    $r(-t) = t + 1/(t + 2/(t + 3/(t + \dots)))$ (`_MILLS_RULE`), and
-    $\log\Phi = \log\phi - \log r$. (One `erfc` where `jax.scipy.special.log_ndtr`
-    evaluates several branches, each with its own `erf`/`erfc`; with the shorter fraction the
-    probit's quadrature statistics cost a fifth of what they did. `log_ndtr` also loses
-    relative accuracy just below its switch at 8, where $\log\Phi \approx -\Phi(-x)$.
-    `jax.scipy.special.erfcx` is avoided: it returns 0 near its internal switch points.)
+    = \log c$ ($x \le 0$) or $\operatorname{log1p}(-c)$ ($x > 0$), and $r = \phi(x) / \Phi(x)$.
+    Further out (below -7 in float64, -5 in float32) the gap cancels catastrophically, so it
+    comes from Laplace's continued fraction (`_mills_tail_gap`), $r(-t) = t + g(t)$, and
+    $\log\Phi = \log\phi - \log r$; that logarithm and the body's $\log c$ are one `log`.
+    (One `erfc` where `jax.scipy.special.log_ndtr` evaluates several branches, each with its
+    own `erf`/`erfc`. `log_ndtr` also loses relative accuracy just below its switch at 8,
+    where $\log\Phi \approx -\Phi(-x)$. `jax.scipy.special.erfcx` is avoided: it returns 0
+    near its internal switch points.)
     """
     x = jnp.asarray(x)
     switch, terms = _MILLS_RULE[64 if jnp.finfo(x.dtype).bits > 32 else 32]
     tail = x < switch
     t = jnp.where(tail, -x, -switch)
-    acc = t
-    for k in range(terms, 1, -1):
-        acc = t + k / acc
-    tail_gap = 1 / acc
+    tail_gap = _mills_tail_gap(t, terms)
     body = jnp.where(tail, switch, x)
     c = 0.5 * erfc(jnp.abs(body) * (1 / math.sqrt(2)))
-    body_log_cdf = jnp.where(body > 0, jnp.log1p(-c), jnp.log(c))
-    body_r = jnp.exp(-0.5 * body * body - _LOG_SQRT_2PI - body_log_cdf)
+    positive = body > 0
+    body_r = jnp.exp(-0.5 * body * body) * _INV_SQRT_2PI / jnp.where(positive, 1 - c, c)
     r = jnp.where(tail, t + tail_gap, body_r)
-    log_cdf = jnp.where(tail, -0.5 * x * x - _LOG_SQRT_2PI - jnp.log(r), body_log_cdf)
+    log_r_or_c = jnp.log(jnp.where(tail, r, c))
+    body_log_cdf = jnp.where(positive, jnp.log1p(-c), log_r_or_c)
+    log_cdf = jnp.where(tail, -0.5 * x * x - _LOG_SQRT_2PI - log_r_or_c, body_log_cdf)
     return log_cdf, r, jnp.where(tail, tail_gap, x + body_r)
 
 
