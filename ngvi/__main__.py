@@ -6,6 +6,7 @@ import sys
 from typing import NoReturn
 
 from .cli import add_fit_parser, add_predict_parser
+from .cli.interrupts import deliverable_interrupts
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -36,8 +37,10 @@ def run() -> NoReturn:
     an interrupt during JIT compilation returns to Python while XLA still compiles in a
     background thread, and tearing the interpreter down under it crashed the process
     (SIGSEGV, after the outputs were already safe). Everything has been written and closed by
-    then; only the streams need flushing."""
-    code = main()
+    then; only the streams need flushing. Ctrl-C is never lost in a garbage-collector
+    callback (`ngvi.cli.interrupts`)."""
+    with deliverable_interrupts():
+        code = main()
     if code == 130:
         sys.stdout.flush()
         sys.stderr.flush()

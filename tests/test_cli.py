@@ -344,14 +344,13 @@ def _interrupt_cli(tmp_path, sig):
 
 @pytest.mark.slow
 def test_sigint_during_compilation_exits_130_not_sigsegv(tmp_path):
-    """Reproducer: Ctrl-C while the fit's loop compiled (1.2-1.6 s into the run here) returned
+    """Reproducers: Ctrl-C while the fit's loop compiled (1.2-1.6 s into the run here) returned
     to Python with XLA still compiling in a background thread; the command reported the
-    interrupt and then crashed in the interpreter's teardown (exit -11, 6 runs in 10). The
-    delays sweep the compile window of a loaded or an idle machine.
-
-    Known and separate (not fixed): once in a slow-tier run on a loaded machine an interrupt
-    at 1.4 s was not delivered at all and the fit ran to its end (exit 0, complete outputs);
-    that case is let through here, with its outputs checked, but never a crash."""
+    interrupt and then crashed in the interpreter's teardown (exit -11, 6 runs in 10). And an
+    interrupt whose handler ran inside JAX's garbage-collector callback was dropped by Python
+    ("Exception ignored in _xla_gc_callback"): the fit ran to its end and exited 0 (2 of 7
+    runs on a loaded machine; `ngvi.cli.interrupts`, unit-tested in test_interrupts.py). The
+    delays sweep the compile window of a loaded or an idle machine."""
     path = _classification_csv(tmp_path)
     out = str(tmp_path / "out")
     command = [sys.executable, "-m", "ngvi", "fit", path, "--steps", "100000", "--optimizer",
@@ -368,11 +367,8 @@ def test_sigint_during_compilation_exits_130_not_sigsegv(tmp_path):
         finally:
             process.kill()
         err = process.stderr.read()
-        assert code != -signal.SIGSEGV and "Traceback" not in err, (delay, code)
-        if code == 0:  # the lost interrupt above: the whole fit ran and wrote its results
-            assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_steps"] > 0
-            continue
-        assert code == 130 and "interrupted" in err, (delay, code)
+        assert code == 130 and "interrupted" in err, (delay, code, err[-2000:])
+        assert "Traceback" not in err and "Exception ignored" not in err, (delay, err[-2000:])
 
 
 @pytest.mark.slow

@@ -1,0 +1,73 @@
+"""Ctrl-C inside a garbage-collector callback (JAX registers one) must still stop the command."""
+
+import contextlib
+import gc
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from ngvi.cli.interrupts import deliverable_interrupts
+
+pytestmark = pytest.mark.skipif(
+    threading.current_thread() is not threading.main_thread(),
+    reason="signal handlers are installed on the main thread only",
+)
+
+
+def _sigint_inside_a_gc_callback(guarded: bool, monkeypatch) -> tuple[bool, list]:
+    """Raise SIGINT from inside a gc callback, then idle for up to 1 s; returns whether a
+    `KeyboardInterrupt` reached the code after the collection, and the exceptions Python
+    dropped as unraisable."""
+    dropped = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda info: dropped.append(info.exc_type))
+    fired = []
+
+    def callback(phase, info):
+        if phase == "start" and not fired:
+            fired.append(True)
+            signal.raise_signal(signal.SIGINT)  # runs the Python handler here, in the callback
+
+    gc.callbacks.append(callback)
+    try:
+        with deliverable_interrupts() if guarded else contextlib.nullcontext():
+            gc.collect()
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline:
+                time.sleep(0.001)
+    except KeyboardInterrupt:
+        return True, dropped
+    finally:
+        gc.callbacks.remove(callback)
+    assert fired
+    return False, dropped
+
+
+def test_python_drops_an_interrupt_raised_in_a_gc_callback(monkeypatch):
+    # The failure being guarded against: the default handler's KeyboardInterrupt is dropped.
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    delivered, dropped = _sigint_inside_a_gc_callback(guarded=False, monkeypatch=monkeypatch)
+    assert not delivered and dropped == [KeyboardInterrupt]
+
+
+def test_an_interrupt_in_a_gc_callback_is_delivered_after_it(monkeypatch):
+    start = time.monotonic()
+    delivered, dropped = _sigint_inside_a_gc_callback(guarded=True, monkeypatch=monkeypatch)
+    assert delivered and dropped == []
+    assert time.monotonic() - start < 0.5  # redelivered within milliseconds
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
+
+
+def test_an_ordinary_interrupt_raises_at_once_and_a_custom_handler_is_kept():
+    with pytest.raises(KeyboardInterrupt), deliverable_interrupts():
+        signal.raise_signal(signal.SIGINT)
+    calls = []
+    previous = signal.signal(signal.SIGINT, lambda *_: calls.append(1))
+    try:
+        with deliverable_interrupts():
+            signal.raise_signal(signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert calls == [1]
