@@ -5,8 +5,8 @@ import os
 import sys
 from typing import NoReturn
 
+from ._interrupts import deliverable_interrupts
 from .cli import add_fit_parser, add_predict_parser
-from .cli.interrupts import deliverable_interrupts
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -38,7 +38,7 @@ def run() -> NoReturn:
     background thread, and tearing the interpreter down under it crashed the process
     (SIGSEGV, after the outputs were already safe). Everything has been written and closed by
     then; only the streams need flushing. Ctrl-C is never lost in a garbage-collector
-    callback (`ngvi.cli.interrupts`)."""
+    callback (`ngvi._interrupts`)."""
     with deliverable_interrupts():
         code = main()
     if code == 130:

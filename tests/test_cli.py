@@ -349,7 +349,7 @@ def test_sigint_during_compilation_exits_130_not_sigsegv(tmp_path):
     interrupt and then crashed in the interpreter's teardown (exit -11, 6 runs in 10). And an
     interrupt whose handler ran inside JAX's garbage-collector callback was dropped by Python
     ("Exception ignored in _xla_gc_callback"): the fit ran to its end and exited 0 (2 of 7
-    runs on a loaded machine; `ngvi.cli.interrupts`, unit-tested in test_interrupts.py). The
+    runs on a loaded machine; `ngvi._interrupts`, unit-tested in test_interrupts.py). The
     delays sweep the compile window of a loaded or an idle machine."""
     path = _classification_csv(tmp_path)
     out = str(tmp_path / "out")

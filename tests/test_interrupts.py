@@ -1,4 +1,4 @@
-"""Ctrl-C inside a garbage-collector callback (JAX registers one) must still stop the command."""
+"""Ctrl-C inside a garbage-collector callback (JAX registers one) must still stop a fit."""
 
 import contextlib
 import gc
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from ngvi.cli.interrupts import deliverable_interrupts
+from ngvi._interrupts import deliverable_interrupts
 
 pytestmark = pytest.mark.skipif(
     threading.current_thread() is not threading.main_thread(),

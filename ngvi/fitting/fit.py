@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import PRNGKeyArray
 
+from .._interrupts import deliverable_interrupts
 from ..families import AbstractVariational
 from ..hyperparameters import LearnHyperparameters, has_learnable
 from ..models import AbstractModel
@@ -201,7 +202,9 @@ def _run(
 ) -> Carry:
     """Run the compiled loop in chunks sized to take about half a second each, so that the
     progress bar moves and Ctrl-C is answered within about a second: the interrupted fit
-    returns the last completed chunk's state with the `interrupted` outcome. A streamed fit
+    returns the last completed chunk's state with the `interrupted` outcome (an interrupt
+    that lands in a garbage-collector callback is delivered again, not dropped:
+    `ngvi._interrupts`). A streamed fit
     (`feeder`) runs one step per chunk, each on the next batch the feeder has read."""
     chunk, target_seconds = 1, 0.5
 
@@ -210,7 +213,8 @@ def _run(
         the loop (no third program to compile when a long fit shows its bar)."""
         return _elbo_report(loop.full_model(c.learned), c.q)[0]
 
-    with Progress(num_steps, progress, None if feeder is not None else shown_elbo) as bar:
+    bar = Progress(num_steps, progress, None if feeder is not None else shown_elbo)
+    with bar, deliverable_interrupts():
         try:
             while int(carry.step) < num_steps and carry.outcome == FitOutcome.max_steps:
                 before, start = int(carry.step), time.perf_counter()

@@ -1,4 +1,4 @@
-"""Ctrl-C that always reaches the command, even when it lands in a garbage-collector callback.
+"""Ctrl-C that always reaches a fit, even when it lands in a garbage-collector callback.
 
 CPython runs a signal's Python handler at the next bytecode of the main thread. When that is
 inside a `gc.callbacks` function (JAX registers one, `_xla_gc_callback`, which runs at every
