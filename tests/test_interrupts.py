@@ -49,13 +49,13 @@ def test_python_drops_an_interrupt_raised_in_a_gc_callback(monkeypatch):
     # The failure being guarded against: the default handler's KeyboardInterrupt is dropped.
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     delivered, dropped = _sigint_inside_a_gc_callback(guarded=False, monkeypatch=monkeypatch)
-    assert not delivered and dropped == [KeyboardInterrupt]
+    assert not delivered and KeyboardInterrupt in dropped
 
 
 def test_an_interrupt_in_a_gc_callback_is_delivered_after_it(monkeypatch):
     start = time.monotonic()
     delivered, dropped = _sigint_inside_a_gc_callback(guarded=True, monkeypatch=monkeypatch)
-    assert delivered and dropped == []
+    assert delivered and KeyboardInterrupt not in dropped
     assert time.monotonic() - start < 0.5  # redelivered within milliseconds
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # restored
 

@@ -204,8 +204,8 @@ def _run(
     progress bar moves and Ctrl-C is answered within about a second: the interrupted fit
     returns the last completed chunk's state with the `interrupted` outcome (an interrupt
     that lands in a garbage-collector callback is delivered again, not dropped:
-    `ngvi._interrupts`). A streamed fit
-    (`feeder`) runs one step per chunk, each on the next batch the feeder has read."""
+    `ngvi._interrupts`). A streamed fit (`feeder`) runs one step per chunk, each on the next
+    batch the feeder has read."""
     chunk, target_seconds = 1, 0.5
 
     def shown_elbo(c: Carry):

@@ -47,8 +47,8 @@ def _mills_tail_gap(t: Array, terms: int) -> Array:
     Q_{k-2}$, $a_k = k u^2$: two multiply-adds per term and one division, where the backward
     evaluation divides once per term (`where` evaluates this for every element, so the
     divisions were a third of the probit's quadrature). Every term is positive, so the
-    recurrence is stable, and with $u \le 1/5$ the convergents stay near 1: no overflow
-    for any $t$.
+    recurrence is stable, and with $u \le 1/5$ the denominators stay below 15 (at the
+    switch; they fall towards 1 as $t$ grows): no overflow for any $t$.
     """
     u = 1 / t
     u2 = u * u
