@@ -67,6 +67,29 @@ def test_fit_compiles_its_elbo_passes_once(caplog):
     assert sum("_elbo_report" in message for message in compiled) == 1, compiled
 
 
+def test_a_fit_on_a_new_shape_compiles_only_its_three_programs(caplog):
+    """The prior check, the full-data ELBO report and the loop: no eager `jnp` operation
+    (`jnp.zeros`, `jnp.asarray`, `PRNGKey`, slicing the history, comparing outcomes), each of
+    which compiled a small XLA program on a new shape or a fresh process (~0.2 s in all)."""
+    dense = _banana_model(41)  # shapes no other test compiles
+    prior, likelihood = ngvi.GPPrior(ngvi.kernels.SquaredExponential()), ngvi.likelihoods.Probit()
+    sparse = ngvi.SparseModel(prior, likelihood, dense.X, dense.data.y, inducing=dense.X[:13])
+    models = {"dense": dense, "sparse": sparse}
+    for name, model in models.items():
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(True):
+            ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), num_steps=3, progress=False)
+        compiled = [
+            r.getMessage().split("jit(", 1)[1].split(")", 1)[0]
+            for r in caplog.records
+            if r.getMessage().startswith("Compiling jit(")
+        ]
+        assert sorted(compiled) == ["_elbo_report", "prior_factor_is_finite", "run_chunk"], (
+            name,
+            compiled,
+        )
+
+
 def _all_equations(jaxpr):
     for eqn in jaxpr.eqns:
         yield eqn

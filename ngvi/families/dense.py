@@ -2,8 +2,10 @@
 
 from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+import numpy as np
 from jaxtyping import Array, Float
 
 from .._linalg import lower_inverse
@@ -33,9 +35,9 @@ class DenseGaussianVariational(AbstractWhitenedVariational):
 
     @classmethod
     def at_prior(cls, num_latent: int, dim: int, dtype) -> "DenseGaussianVariational":
-        """`q(v) = N(0, I)`."""
-        eye = jnp.broadcast_to(jnp.eye(dim, dtype=dtype), (num_latent, dim, dim))
-        return cls(jnp.zeros((num_latent, dim), dtype), -0.5 * eye)
+        """`q(v) = N(0, I)` (made by numpy: `jnp.eye` and friends compile on a first fit)."""
+        eye = np.broadcast_to(np.eye(dim, dtype=dtype), (num_latent, dim, dim))
+        return cls(jax.device_put(np.zeros((num_latent, dim), dtype)), jax.device_put(-0.5 * eye))
 
     @property
     def parameters(self):

@@ -3,8 +3,10 @@
 from typing import ClassVar, NamedTuple
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+import numpy as np
 from jaxtyping import Array, Float
 
 from .._linalg import lower_inverse
@@ -128,8 +130,8 @@ class SiteGaussianVariational(AbstractVariational):
 
     @classmethod
     def at_prior(cls, num_latent: int, num_points: int, dtype) -> "SiteGaussianVariational":
-        """Zero sites: `q` equals the prior."""
-        zeros = jnp.zeros((num_latent, num_points), dtype)
+        """Zero sites: `q` equals the prior (made by numpy: `jnp.zeros` compiles)."""
+        zeros = jax.device_put(np.zeros((num_latent, num_points), dtype))
         return cls(zeros, zeros)
 
     @property

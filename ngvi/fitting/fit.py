@@ -20,7 +20,7 @@ from .batches import Minibatches, StreamedBatches
 from .checkpoint import Checkpoint
 from .diagnosis import describe_failure, quadrature_warning
 from .loop import Carry, Loop, run_chunk
-from .outcome import FitOutcome
+from .outcome import FitOutcome, is_one_of
 from .progress import Progress
 from .result import FitResult
 
@@ -91,7 +91,7 @@ def fit(
     if prior_problem:
         raise ValueError(prior_problem)
     initial_elbo, _, _ = _full_elbo(model, q, data)
-    if not bool(jnp.isfinite(initial_elbo)):
+    if not np.isfinite(float(initial_elbo)):
         raise ValueError(
             f"The starting ELBO is {float(initial_elbo)}. " + _describe(model, q, data)
         )
@@ -157,6 +157,11 @@ def _checked_q(model, optimizer, q):
     return q
 
 
+def _default_key():
+    """`jax.random.PRNGKey(0)` (raw threefry key data `[0, 0]`), without compiling the seeding."""
+    return jax.device_put(np.zeros(2, np.uint32))
+
+
 def _start(model, optimizer, q, state, num_steps, key, batch_size, learn, data):
     learned, learned_state, fixed = None, None, model
     if learn is not None:
@@ -171,14 +176,18 @@ def _start(model, optimizer, q, state, num_steps, key, batch_size, learn, data):
         minibatches, batches = StreamedBatches(), placeholder_batch(model, data, batch_size)
     loop = Loop(fixed, optimizer, learn, minibatches)
     # History buffers of a power-of-two length (at least 64): fits with different step
-    # budgets share one compiled loop instead of compiling once per `num_steps`.
+    # budgets share one compiled loop instead of compiling once per `num_steps`. Initial
+    # values are made by numpy and `device_put`: `jnp.zeros`, `jnp.asarray` and friends
+    # compile a small XLA program each on a process's first fit (~0.2 s together with the
+    # step counter and the key below).
     dtype, length = model.dtype, max(64, 1 << int(num_steps).bit_length())
+    zeros = np.zeros(length, dtype)
     history = StepInfo(
-        elbo=jnp.full(length, jnp.nan, dtype),
-        step_size=jnp.zeros(length, dtype),
-        num_backoffs=jnp.zeros(length, jnp.int32),
-        min_precision=jnp.zeros(length, dtype),
-        scheduled_step_size=jnp.zeros(length, dtype),
+        elbo=jax.device_put(np.full(length, np.nan, dtype)),
+        step_size=jax.device_put(zeros),
+        num_backoffs=jax.device_put(np.zeros(length, np.int32)),
+        min_precision=jax.device_put(zeros),
+        scheduled_step_size=jax.device_put(zeros),
     )
     carry = Carry(
         q=q,
@@ -189,10 +198,10 @@ def _start(model, optimizer, q, state, num_steps, key, batch_size, learn, data):
         batches=batches,
         # A strongly typed 0: a weak one comes back from the while_loop strongly typed, and
         # the next chunk would then recompile.
-        step=jnp.asarray(0, dtype=jnp.result_type(int)),
+        step=jax.device_put(np.zeros((), jnp.result_type(int))),
         outcome=FitOutcome.max_steps,
         history=history,
-        key=jax.random.PRNGKey(0) if key is None else key,
+        key=_default_key() if key is None else key,
     )
     return loop, carry
 
@@ -216,14 +225,14 @@ def _run(
     bar = Progress(num_steps, progress, None if feeder is not None else shown_elbo)
     with bar, deliverable_interrupts():
         try:
-            while int(carry.step) < num_steps and carry.outcome == FitOutcome.max_steps:
+            while int(carry.step) < num_steps and is_one_of(carry.outcome, FitOutcome.max_steps):
                 before, start = int(carry.step), time.perf_counter()
                 if feeder is not None:
                     chunk = 1
                     carry = eqx.tree_at(lambda c: c.batches, carry, feeder.next())
                 stop_at = min(before + chunk, num_steps)
                 stop_at = stop_at if saver is None else saver.stop_at(before, stop_at)
-                carry = run_chunk(loop, carry, jnp.asarray(stop_at), tol)
+                carry = run_chunk(loop, carry, np.asarray(stop_at, jnp.result_type(int)), tol)
                 done = int(carry.step) - before
                 elapsed = time.perf_counter() - start
                 if saver is not None:
@@ -263,18 +272,19 @@ def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool, data=None) -> F
     final_elbo, error, quadrature = _full_elbo(model, carry.q, data)
     outcome = carry.outcome
     message = FitOutcome[outcome]
-    if outcome == FitOutcome.failed:
+    if is_one_of(outcome, FitOutcome.failed):
         detail = (
             f"ngvi.fit failed after {steps} steps: {message}. {_describe(model, carry.q, data)}"
         )
         if throw:
             raise RuntimeError(detail + " Pass `throw=False` to get the last finite posterior.")
         warnings.warn(detail, stacklevel=3)
-    elif outcome in (FitOutcome.stalled, FitOutcome.schedule_ended, FitOutcome.interrupted):
+    elif is_one_of(outcome, FitOutcome.stalled, FitOutcome.schedule_ended, FitOutcome.interrupted):
         warnings.warn(f"ngvi.fit stopped after {steps} steps: {message}.", stacklevel=3)
-    if data is None and outcome != FitOutcome.failed:
+    if data is None and not is_one_of(outcome, FitOutcome.failed):
         inaccurate = quadrature_warning(model, carry.q, final_elbo, quadrature)
         if inaccurate:
             warnings.warn(f"ngvi.fit: {inaccurate}", stacklevel=3)
-    history = jax.tree.map(lambda buffer: buffer[:steps], carry.history)
+    # Sliced on the host: slicing the device buffers compiled a program per length and dtype.
+    history = jax.tree.map(lambda buffer: jax.device_put(np.asarray(buffer)[:steps]), carry.history)
     return FitResult(carry.q, final_elbo, initial_elbo, history, steps, outcome, model, error)

@@ -25,6 +25,13 @@ class FitOutcome(eqx.Enumeration):
     interrupted = "interrupted (Ctrl-C); the last completed step's posterior was kept"
 
 
+def is_one_of(outcome, *members) -> bool:
+    """Whether the concrete `FitOutcome` item `outcome` is one of `members`, decided on the
+    host by their messages (which differ): `outcome == member` compiles a small XLA program on
+    a process's first fit."""
+    return str(FitOutcome[outcome]) in {FitOutcome[member] for member in members}
+
+
 def converged_within(
     elbo: Float[Array, " T"],
     step_size: Float[Array, " T"],
