@@ -37,7 +37,7 @@ from ..serialisation.container import (
 )
 from ..serialisation.tree import describe
 from .loop import Carry, Loop
-from .outcome import FitOutcome
+from .outcome import FitOutcome, is_one_of
 
 FORMAT, VERSION = "checkpoint", 1
 _PARTS = {
@@ -97,7 +97,7 @@ class Checkpoint:
     def after_chunk(self, carry: Carry) -> None:
         """Save if the loop is at a multiple of `every` or has ended."""
         step = int(carry.step)
-        ended = carry.outcome != FitOutcome.max_steps or step >= self.num_steps
+        ended = not is_one_of(carry.outcome, FitOutcome.max_steps) or step >= self.num_steps
         if step != self.saved_at and (step % self.every == 0 or ended):
             self.save(carry)
 
@@ -108,7 +108,7 @@ class Checkpoint:
 
     def save(self, carry: Carry) -> None:
         """Write `carry` (an interrupted one as running, so that it resumes)."""
-        if carry.outcome == FitOutcome.interrupted:
+        if is_one_of(carry.outcome, FitOutcome.interrupted):
             carry = eqx.tree_at(lambda c: c.outcome, carry, FitOutcome.max_steps)
         leaves = jax.tree.leaves(carry)
         header = {

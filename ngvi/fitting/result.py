@@ -7,7 +7,7 @@ from jaxtyping import Array, Float
 from ..families import AbstractVariational
 from ..models import AbstractModel
 from ..optimizers.base import StepInfo
-from .outcome import FitOutcome
+from .outcome import FitOutcome, is_one_of
 
 
 class FitResult(eqx.Module):
@@ -41,7 +41,7 @@ class FitResult(eqx.Module):
 
     @property
     def converged(self) -> bool:
-        return bool(self.outcome == FitOutcome.converged)
+        return is_one_of(self.outcome, FitOutcome.converged)
 
     @property
     def posterior(self) -> tuple[Array, Array]:
