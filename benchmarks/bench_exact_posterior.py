@@ -36,6 +36,7 @@ from sklearn.model_selection import StratifiedKFold
 from sklearn.preprocessing import StandardScaler
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _sections import write_section  # noqa: E402
 from bench_real_data import load, make_methods, nlpd  # noqa: E402
 
 from ngvi.sklearn import GaussianProcessClassifier  # noqa: E402
@@ -173,13 +174,6 @@ def render(rows: list[dict], args) -> str:
     return "\n".join(lines)
 
 
-def write(section: str, path: Path) -> None:
-    text = path.read_text()
-    head, rest = text.split(START, 1)
-    _, tail = rest.split(END, 1)
-    path.write_text(f"{head}{START}\n{section}\n{END}{tail}")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dataset", default="sonar")
@@ -197,7 +191,7 @@ def main() -> None:
         rows += fold_rows(X, y, fold, train, test, args.iterations, args.seed)
     section = render(rows, args)
     print(section)
-    write(section, args.out)
+    write_section(args.out, START, END, f"{START}\n{section}\n{END}")
     print(f"wrote {args.out}")
 
 

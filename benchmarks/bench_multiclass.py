@@ -46,6 +46,7 @@ import warnings  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+from _sections import write_section  # noqa: E402 - benchmarks/ is on sys.path when run
 from sklearn.datasets import load_digits, load_iris, load_wine  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.gaussian_process import GaussianProcessClassifier as LaplaceGPC  # noqa: E402
@@ -200,13 +201,7 @@ def render(results: dict) -> str:
 
 def write(section: str, path: Path) -> None:
     """Replace this benchmark's marked section of `path`, or append it; never touch the rest."""
-    text = path.read_text() if path.exists() else "# Results on real data\n"
-    if START in text and END in text:
-        head, rest = text.split(START, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    path.write_text(text)
+    write_section(path, START, END, section, new_page="# Results on real data\n")
 
 
 def main() -> None:

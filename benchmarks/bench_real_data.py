@@ -45,6 +45,7 @@ from pathlib import Path  # noqa: E402
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
+from _sections import write_section  # noqa: E402 - benchmarks/ is on sys.path when run
 from sklearn.datasets import load_breast_cancer  # noqa: E402
 from sklearn.exceptions import ConvergenceWarning  # noqa: E402
 from sklearn.gaussian_process import GaussianProcessClassifier as LaplaceGPC  # noqa: E402
@@ -269,13 +270,7 @@ Reproduce with `make bench-real`; the section below is rewritten by the script.
 
 
 def write(section: str, path: Path) -> None:
-    if path.exists() and START in (text := path.read_text()) and END in text:
-        head, rest = text.split(START, 1)
-        tail = rest.split(END, 1)[1]
-        path.write_text(head + section + tail)
-    else:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(PAGE_HEAD + section + "\n")
+    write_section(path, START, END, section, new_page=PAGE_HEAD)
 
 
 def main() -> None:
