@@ -17,6 +17,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
+@pytest.fixture(autouse=True)
+def python_default_sigint_handler():
+    """Python's own SIGINT handler for each test, as in a process started from a terminal:
+    a process started in the background by a non-interactive shell inherits SIGINT ignored,
+    and Python then keeps it ignored (the tests failed that way)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
 def _sigint_inside_a_gc_callback(guarded: bool, monkeypatch) -> tuple[bool, list]:
     """Raise SIGINT from inside a gc callback, then idle for up to 1 s; returns whether a
     `KeyboardInterrupt` reached the code after the collection, and the exceptions Python
