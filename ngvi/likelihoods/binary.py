@@ -1,17 +1,16 @@
 """Binary classification likelihoods: probit and logit, labels in {0, 1} or {-1, +1}."""
 
-import math
-
 import distrax
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy.special import erfc, ndtr
+from jax.scipy.special import ndtr
 from jaxtyping import Array, ArrayLike
 
 from .._validation import check_finite
 from .base import AbstractLikelihood, Vector
 from .logistic_expectations import expected_log_sigmoid, expected_sigmoid, logistic_statistics
+from .normal_tail import probit_parts
 
 
 def _binary_labels(y: ArrayLike, name: str) -> np.ndarray:
@@ -29,83 +28,21 @@ def _binary_labels(y: ArrayLike, name: str) -> np.ndarray:
     return (y > 0).astype(float)
 
 
-# Where the continued fraction takes over, and its length: (switch, terms) per precision, so
-# that the fraction is exact to rounding at the switch (1e-8 relative for float32 at t = 5
-# with 10 terms; 2e-16 for float64 at t = 7 with 18) and the body's gap `x + r` has lost at
-# most ~1e3 ulps to cancellation there.
-_MILLS_RULE = {32: (-5.0, 10), 64: (-7.0, 18)}
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-_INV_SQRT_2PI = 1 / math.sqrt(2 * math.pi)
-
-
-def _mills_tail_gap(t: Array, terms: int) -> Array:
-    r"""$g(t) = r(-t) - t = 1/(t + 2/(t + 3/(t + \dots)))$ for $t \ge 5$, Laplace's continued
-    fraction truncated after `terms` partial numerators.
-
-    Written as $g = u / (1 + 2u^2 / (1 + 3u^2 / (1 + \dots)))$ with $u = 1/t$ and evaluated by
-    the forward (Wallis) recurrence $P_k = P_{k-1} + a_k P_{k-2}$, $Q_k = Q_{k-1} + a_k
-    Q_{k-2}$, $a_k = k u^2$: two multiply-adds per term and one division, where the backward
-    evaluation divides once per term (`where` evaluates this for every element, so the
-    divisions were a third of the probit's quadrature). Every term is positive, so the
-    recurrence is stable, and with $u \le 1/5$ the denominators stay below 15 (at the
-    switch; they fall towards 1 as $t$ grows): no overflow for any $t$.
-    """
-    u = 1 / t
-    u2 = u * u
-    p_before, p = jnp.zeros_like(u), u  # P_0 = 0, P_1 = u
-    q_before, q = jnp.ones_like(u), jnp.ones_like(u)  # Q_0 = Q_1 = 1
-    for k in range(2, terms + 1):
-        p_before, p = p, p + (k * u2) * p_before
-        q_before, q = q, q + (k * u2) * q_before
-    return p / q
-
-
-def _probit_parts(x: Array) -> tuple[Array, Array, Array]:
-    r"""$\log\Phi(x)$, $r(x) = \phi(x) / \Phi(x) = \partial_x \log\Phi(x)$ and the gap
-    $x + r(x)$ (so $\partial_x^2 \log\Phi = -r (x + r)$), stable for every $x$ and sharing one
-    `erfc`.
-
-    In the body: $c = \Phi(-|x|) = \tfrac12 \operatorname{erfc}(|x| / \sqrt2)$, $\log\Phi(x)
-    = \log c$ ($x \le 0$) or $\operatorname{log1p}(-c)$ ($x > 0$), and $r = \phi(x) / \Phi(x)$.
-    Further out (below -7 in float64, -5 in float32) the gap cancels catastrophically, so it
-    comes from Laplace's continued fraction (`_mills_tail_gap`), $r(-t) = t + g(t)$, and
-    $\log\Phi = \log\phi - \log r$; that logarithm and the body's $\log c$ are one `log`.
-    (One `erfc` where `jax.scipy.special.log_ndtr` evaluates several branches, each with its
-    own `erf`/`erfc`. `log_ndtr` also loses relative accuracy just below its switch at 8,
-    where $\log\Phi \approx -\Phi(-x)$. `jax.scipy.special.erfcx` is avoided: it returns 0
-    near its internal switch points.)
-    """
-    x = jnp.asarray(x)
-    switch, terms = _MILLS_RULE[64 if jnp.finfo(x.dtype).bits > 32 else 32]
-    tail = x < switch
-    t = jnp.where(tail, -x, -switch)
-    tail_gap = _mills_tail_gap(t, terms)
-    body = jnp.where(tail, switch, x)
-    c = 0.5 * erfc(jnp.abs(body) * (1 / math.sqrt(2)))
-    positive = body > 0
-    body_r = jnp.exp(-0.5 * body * body) * _INV_SQRT_2PI / jnp.where(positive, 1 - c, c)
-    r = jnp.where(tail, t + tail_gap, body_r)
-    log_r_or_c = jnp.log(jnp.where(tail, r, c))
-    body_log_cdf = jnp.where(positive, jnp.log1p(-c), log_r_or_c)
-    log_cdf = jnp.where(tail, -0.5 * x * x - _LOG_SQRT_2PI - log_r_or_c, body_log_cdf)
-    return log_cdf, r, jnp.where(tail, tail_gap, x + body_r)
-
-
 @jax.custom_jvp
 def _inverse_mills(x):
-    return _probit_parts(x)[1]
+    return probit_parts(x)[1]
 
 
 @_inverse_mills.defjvp
 def _inverse_mills_jvp(primals, tangents):
     (x,), (dx,) = primals, tangents
-    _, r, gap = _probit_parts(x)
+    _, r, gap = probit_parts(x)
     return r, -r * gap * dx
 
 
 @jax.custom_jvp
 def _log_ndtr(x):
-    return _probit_parts(x)[0]
+    return probit_parts(x)[0]
 
 
 @_log_ndtr.defjvp
@@ -131,9 +68,9 @@ class Probit(AbstractLikelihood):
 
     def derivatives(self, f: Array, y: ArrayLike) -> tuple[Array, Array, Array]:
         r"""$(\log\Phi(s f),\ s\, r,\ -r (s f + r))$ with $s = 2y - 1$, $r = r(s f)$: one
-        evaluation of `_probit_parts` per node instead of autodiff through three."""
+        evaluation of `probit_parts` per node instead of autodiff through three."""
         sign = 2 * jnp.asarray(y) - 1
-        log_cdf, r, gap = _probit_parts(sign * f)
+        log_cdf, r, gap = probit_parts(sign * f)
         return log_cdf, sign * r, -r * gap
 
     def conditional_moments(self, f: ArrayLike) -> tuple[Array, Array]:
