@@ -65,7 +65,7 @@ bench-scale-out: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(BIN)/pip install --quiet ruff
-	$(BIN)/ruff check ngvi tests examples benchmarks
+	$(BIN)/ruff check ngvi tests examples benchmarks tools
 
 clean:
 	rm -rf $(VENV) demo-output site

@@ -14,10 +14,11 @@ $[-1, 1]$, coefficients at most 2.6, so Horner's rule adds only rounding). Then,
   gap $= u + r(x)$;
 
 each without cancellation (the gap, which cancels catastrophically as $r - u$, comes from the
-rational function itself). Per element: one `exp`, one `log1p`, four divisions and two
-interleaved Horner chains of 10 steps. XLA's `erfc` alone evaluates three rational
+rational function itself). Per element: one `exp`, five divisions, two interleaved Horner
+chains of 10 steps and one of 11 (`_log1p`, arithmetic: XLA's float64 `log` inside the
+quadrature's fusion cost more than all the rest). XLA's `erfc` alone evaluates three rational
 approximations and selects among them; a Chebyshev series of $G$ needs 27 terms for the same
-accuracy and, by Clenshaw's recurrence, cost twice the whole of this function.
+accuracy and, by Clenshaw's recurrence, costs more than the whole of this function.
 
 The coefficients come from `tools/fit_normal_tail_rational.py` (linearised least squares with
 Loeb's reweighting, in 50-digit arithmetic with mpmath); the tests check the result against
@@ -88,9 +89,10 @@ def _log1p(v: Array) -> Array:
     $1 + v = m\,2^k$ with $m \in [\sqrt{1/2}, \sqrt2)$ (`frexp`), $f = m - 1$ (or $f = v$
     itself when $k = 0$, so that small $v$ keep their relative accuracy), and $\log(1 + f) =
     2\operatorname{atanh}(s)$, $s = f / (2 + f)$, $|s| \le 0.1716$, by its series; then $\log(1
-    + v) = k \log 2 + \log(1 + f)$. Rounding $1 + v$ moves the result by at most half an ulp
-    of $\log 2$ when $k \ne 0$. Arithmetic only: XLA's own `log`/`log1p` were most of the
-    probit step (a sparse banana step, M = 16: 2.0 ms with them, 1.2 ms without).
+    + v) = k \log 2 + \log(1 + f)$. Rounding $1 + v$ moves the result by at most
+    $\epsilon/2$ (absolute) when $k \ne 0$, where $|\log(1 + v)| > 0.34$. Arithmetic only:
+    XLA's own `log`/`log1p` were most of the probit step (a sparse banana step, M = 16: 2.0
+    ms with them, 1.2 ms without).
     """
     one_plus_v = 1 + v
     mantissa, exponent = jnp.frexp(one_plus_v)  # mantissa in [1/2, 1)
