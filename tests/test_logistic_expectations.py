@@ -5,11 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.integrate
+import scipy.special
 import scipy.stats
 
 import ngvi
 from ngvi.likelihoods import AbstractLikelihood, BernoulliLogit
 from ngvi.likelihoods.logistic_expectations import (
+    _logistic_parts,
     expected_log_sigmoid,
     expected_sigmoid,
     logistic_statistics,
@@ -132,3 +134,18 @@ def test_a_large_signal_variance_fit_settles_to_its_reported_optimum():
     assert slow.converged, slow.message
     assert float(jnp.max(model.predict_latent(fast.q, X).variance)) > 12.0**2  # the wide regime
     np.testing.assert_allclose(float(model.elbo(fast.q)), float(model.elbo(slow.q)), atol=1e-8)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.float64])
+def test_logistic_parts_match_scipy_to_a_few_ulps(dtype):
+    x = np.concatenate([np.linspace(-60.0, 60.0, 24_001), [-700.0, -1e-300, 0.0, 1e-300, 700.0]])
+    x = x.astype(dtype)
+    value, sigma_minus, product = (np.asarray(a) for a in _logistic_parts(jnp.asarray(x)))
+    x64 = x.astype(np.float64)
+    want = (-np.logaddexp(0.0, -x64), scipy.special.expit(-x64), scipy.special.expit(x64))
+    want = (want[0], want[1], want[1] * want[2])
+    for got, expected in zip((value, sigma_minus, product), want, strict=True):
+        assert got.dtype == dtype
+        representable = np.abs(expected) > np.finfo(dtype).tiny
+        ulps = np.abs(got - expected) / np.spacing(np.abs(expected).astype(dtype))
+        assert np.max(ulps[representable]) <= 4

@@ -15,7 +15,7 @@ $[-1, 1]$, coefficients at most 2.6, so Horner's rule adds only rounding). Then,
 
 each without cancellation (the gap, which cancels catastrophically as $r - u$, comes from the
 rational function itself). Per element: one `exp`, five divisions, two interleaved Horner
-chains of 10 steps and one of 11 (`_log1p`, arithmetic: XLA's float64 `log` inside the
+chains of 10 steps and one of 11 (`vectorised_log1p`, arithmetic: XLA's float64 `log` inside the
 quadrature's fusion cost more than all the rest). XLA's `erfc` alone evaluates three rational
 approximations and selects among them; a Chebyshev series of $G$ needs 27 terms for the same
 accuracy and, by Clenshaw's recurrence, costs more than the whole of this function.
@@ -29,6 +29,8 @@ import math
 
 import jax.numpy as jnp
 from jaxtyping import Array, Float
+
+from .elementwise import horner, vectorised_log1p
 
 _K = 4.0
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -63,48 +65,11 @@ _GAP_DENOMINATOR = (
 )
 
 
-def _horner(y: Array, coefficients: tuple[float, ...]) -> Array:
-    r"""$\sum_k a_k y^k$ by Horner's rule."""
-    total = jnp.full_like(y, coefficients[-1])
-    for a in coefficients[-2::-1]:
-        total = total * y + a
-    return total
-
-
 def lower_gap(u: Float[Array, "*shape"]) -> Float[Array, "*shape"]:
     r"""$g(u) = r(-u) - u = \phi(u)/\Phi(-u) - u$ for $u \ge 0$, relatively accurate to
     rounding for every finite $u$; $g(\infty) = 0$."""
     y = 1 - (2 * _K) / (u + _K)
-    return _horner(y, _GAP_NUMERATOR) / (_horner(y, _GAP_DENOMINATOR) * (u + _K))
-
-
-# Series terms of atanh(s) / s = sum_j s^(2j) / (2j + 1) kept per precision: with |s| <= 0.1716
-# the first omitted term is below 2e-17 (float64, j = 11) and 2e-9 (float32, j = 6).
-_ATANH_TERMS = {64: 11, 32: 6}
-
-
-def _log1p(v: Array) -> Array:
-    r"""$\log(1 + v)$ for $v \ge -1/2$ (or $+\infty$), relatively accurate to a few ulps.
-
-    $1 + v = m\,2^k$ with $m \in [\sqrt{1/2}, \sqrt2)$ (`frexp`), $f = m - 1$ (or $f = v$
-    itself when $k = 0$, so that small $v$ keep their relative accuracy), and $\log(1 + f) =
-    2\operatorname{atanh}(s)$, $s = f / (2 + f)$, $|s| \le 0.1716$, by its series; then $\log(1
-    + v) = k \log 2 + \log(1 + f)$. Rounding $1 + v$ moves the result by at most
-    $\epsilon/2$ (absolute) when $k \ne 0$, where $|\log(1 + v)| > 0.34$. Arithmetic only:
-    XLA's own `log`/`log1p` were most of the probit step (a sparse banana step, M = 16: 2.0
-    ms with them, 1.2 ms without).
-    """
-    one_plus_v = 1 + v
-    mantissa, exponent = jnp.frexp(one_plus_v)  # mantissa in [1/2, 1)
-    low = mantissa < math.sqrt(0.5)
-    mantissa = jnp.where(low, 2 * mantissa, mantissa)
-    exponent = (exponent - low.astype(exponent.dtype)).astype(v.dtype)
-    f = jnp.where(exponent == 0, v, mantissa - 1)
-    s = f / (2 + f)
-    terms = _ATANH_TERMS[64 if jnp.finfo(v.dtype).bits > 32 else 32]
-    series = _horner(s * s, tuple(1 / (2 * j + 1) for j in range(terms)))
-    result = exponent * math.log(2) + 2 * s * series
-    return jnp.where(one_plus_v == jnp.inf, jnp.inf, result)
+    return horner(y, _GAP_NUMERATOR) / (horner(y, _GAP_DENOMINATOR) * (u + _K))
 
 
 def probit_parts(
@@ -120,7 +85,7 @@ def probit_parts(
     density = jnp.exp(-0.5 * u * u) * _INV_SQRT_2PI
     upper_tail = density / s  # Phi(-u)
     positive = x > 0
-    log1p_part = _log1p(jnp.where(positive, -upper_tail, s - 1))  # log Phi(x) or log s
+    log1p_part = vectorised_log1p(jnp.where(positive, -upper_tail, s - 1))  # log Phi(x) or log s
     log_cdf = jnp.where(positive, log1p_part, -0.5 * u * u - _LOG_SQRT_2PI - log1p_part)
     r = jnp.where(positive, density / (1 - upper_tail), s)
     return log_cdf, r, jnp.where(positive, u + r, gap)
