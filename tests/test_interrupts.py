@@ -3,9 +3,11 @@
 import contextlib
 import gc
 import signal
+import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -81,3 +83,28 @@ def test_an_ordinary_interrupt_raises_at_once_and_a_custom_handler_is_kept():
     finally:
         signal.signal(signal.SIGINT, previous)
     assert calls == [1]
+
+
+def test_these_tests_pass_when_the_suite_inherits_sigint_ignored():
+    # A shell starts background jobs with SIGINT ignored, and Python keeps it ignored: the
+    # tests above failed when the suite was started that way (before they installed Python's
+    # handler themselves).
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            f"{__file__}::test_an_ordinary_interrupt_raises_at_once_and_a_custom_handler_is_kept",
+            f"{__file__}::test_python_drops_an_interrupt_raised_in_a_gc_callback",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).resolve().parents[1],
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )
+    assert completed.returncode == 0, completed.stdout[-3000:]
+    assert "2 passed" in completed.stdout
