@@ -59,14 +59,21 @@ def _normal_density(x, mean, std):
     return jnp.exp(-0.5 * ((x - mean) / std) ** 2) / (std * jnp.sqrt(2 * jnp.pi))
 
 
+def _legendre_densities(mean: Array, std: Array) -> tuple[Array, Array, Array, Array]:
+    """The Gauss-Legendre nodes `u` on `[0, _SPAN]` (shaped to broadcast against `mean`), their
+    weights, and the densities of `N(mean, std^2)` at `u` and at `-u`."""
+    nodes, weights = (jnp.asarray(a, mean.dtype) for a in _legendre_rule())
+    u = nodes.reshape((-1,) + (1,) * mean.ndim)
+    right = _normal_density(u, mean[None], std[None])
+    left = _normal_density(-u, mean[None], std[None])
+    return u, weights, right, left
+
+
 def _split_rule(mean: Vector, std: Vector, remainder, closed_form) -> Vector:
     """`closed_form(m, s)` plus the remainder's integral over `u >= 0`; `remainder(u)` returns
     its values at `x = u` and at `x = -u`."""
-    nodes, weights = (jnp.asarray(a, mean.dtype) for a in _legendre_rule())
-    u = nodes.reshape((-1,) + (1,) * mean.ndim)
+    u, weights, right, left = _legendre_densities(mean, std)
     at_right, at_left = remainder(u)
-    right = _normal_density(u, mean[None], std[None])
-    left = _normal_density(-u, mean[None], std[None])
     integrand = at_right * right + at_left * left
     return closed_form(mean, std) + jnp.tensordot(weights, integrand, axes=1)
 
@@ -107,20 +114,21 @@ def _split_log_sigmoid_statistics(m: Vector, v: Vector) -> tuple[Vector, Vector,
     from $\partial_m \mathcal N = \mathcal N\, t / v$ and $\partial_v \mathcal N = \mathcal N
     (t^2/v - 1) / (2v)$. Two `exp` per node and point; autodiff of $Q$ (`jax.vjp`) gave the
     same numbers to 4e-15 at 2.8x the cost."""
-    nodes, weights = _legendre_rule()
-    node_shape = (-1,) + (1,) * m.ndim
-    u = jnp.asarray(nodes, m.dtype).reshape(node_shape)
-    remainder = jnp.asarray(weights * -np.log1p(np.exp(-nodes)), m.dtype).reshape(node_shape)
     s = jnp.sqrt(v)
+    u, weights, density_right, density_left = _legendre_densities(m, s)
+    remainder = -jnp.log1p(jnp.exp(-u))  # constants: folded by XLA
     inverse_v = 1 / v
     right, left = u - m[None], -u - m[None]  # t_+ and t_-
-    density_right = _normal_density(u, m[None], s[None])
-    density_left = _normal_density(-u, m[None], s[None])
-    value = jnp.sum(remainder * (density_right + density_left), axis=0)
-    grad = jnp.sum(remainder * (density_right * right + density_left * left), axis=0)
     curvature = density_right * (right * right * inverse_v[None] - 1)
     curvature += density_left * (left * left * inverse_v[None] - 1)
-    hess = jnp.sum(remainder * curvature, axis=0)
+    value, grad, hess = (
+        jnp.tensordot(weights, remainder * term, axes=1)
+        for term in (
+            density_right + density_left,
+            density_right * right + density_left * left,
+            curvature,
+        )
+    )
     z = m / s
     at_zero = _normal_density(z, 0.0, 1.0)  # phi(m / s)
     tail = ndtr(-z)
