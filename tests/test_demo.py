@@ -43,6 +43,7 @@ def test_demo_runs_every_strategy_and_writes_its_plots(tmp_path, capsys):
         assert (tmp_path / name).stat().st_size > 10_000
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_demo_command_line(tmp_path, capsys):
     assert main(["demo", "--quick", "--out", str(tmp_path)]) == 0
     assert "gap to best" in capsys.readouterr().out
