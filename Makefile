@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 # threads on top oversubscribe a small machine (a 256 x 256 Cholesky took 390 ms instead of
 # 0.4 ms under load).
 test: $(VENV)/.installed
-	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto
+	OPENBLAS_NUM_THREADS=1 $(BIN)/python -m pytest -q -n auto --dist worksteal
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/bench_natural_gradient.py

@@ -48,6 +48,7 @@ def test_help_via_python_m():
         assert option in completed.stdout
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_banana_default(tmp_path, capsys):
     out = tmp_path / "banana"
     assert main(["fit", "--out", str(out), "--steps", "15", "--quiet"]) == 0
@@ -309,6 +310,7 @@ def test_large_data_needs_the_sparse_model(tmp_path, capsys):
     _assert_one_line_error(capsys, "--inducing")
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_no_library_warnings_in_the_output(tmp_path, capfd):
     path = _classification_csv(tmp_path, n=30)
     # BLR at a large step size: the fit may warn; the command reports in its own words.

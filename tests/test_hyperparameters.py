@@ -222,6 +222,7 @@ def test_bad_arguments():
         ngvi.fit(model, ngvi.NaturalGradient(), 5, learn=bad_where, progress=False)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_chunked_loop_carries_the_hyperparameters():
     # The progress bar splits the loop into chunks; the learned leaves and the optax state
     # must travel across chunk boundaries exactly.

@@ -51,16 +51,17 @@ out = {"devices": jax.device_count(), "sharded": str(four.data.X.sharding.spec)}
 full = [ngvi.fit(m, ngvi.NaturalGradient(lr=1.0), 10, **FIT) for m in (one, four)]
 out["full"] = [float(r.elbo) for r in full]
 key = jax.random.PRNGKey(3)
-mini = [ngvi.fit(m, ngvi.NaturalGradient(), 25, batch_size=200, key=key, **FIT)
-        for m in (one, four)]
-out["minibatch"] = [[float(e) for e in r.history.elbo] for r in mini]
-learn = ngvi.LearnHyperparameters()
-learned = [ngvi.fit(m, ngvi.NaturalGradient(), 5, batch_size=200, key=key, learn=learn, **FIT)
-           for m in (one, four)]
-out["learned"] = [float(r.elbo) for r in learned]
 out["prediction"] = [
     [float(p) for p in ngvi.predict(m, r.q, X[:5]).mean] for m, r in zip((one, four), full)
 ]
+if "minibatch" in sys.argv[1:]:  # the slow tier's part
+    mini = [ngvi.fit(m, ngvi.NaturalGradient(), 25, batch_size=200, key=key, **FIT)
+            for m in (one, four)]
+    out["minibatch"] = [[float(e) for e in r.history.elbo] for r in mini]
+    learn = ngvi.LearnHyperparameters()
+    learned = [ngvi.fit(m, ngvi.NaturalGradient(), 5, batch_size=200, key=key, learn=learn,
+                        **FIT) for m in (one, four)]
+    out["learned"] = [float(r.elbo) for r in learned]
 collectives = {}
 for name, batch_size in (("full", None), ("minibatch", 200)):
     strategy = ngvi.NaturalGradient()
@@ -136,12 +137,23 @@ def _problem():
     return namespace
 
 
-@pytest.fixture(scope="module")
-def sharded():
-    completed = _python(SHARDED)
+def _sharded_run(*parts: str) -> dict:
+    completed = _python(SHARDED, *parts)
     assert completed.returncode == 0, completed.stderr[-4000:]
     line = next(ln for ln in completed.stdout.splitlines() if ln.startswith("RESULT"))
     return json.loads(line[len("RESULT") :])
+
+
+@pytest.fixture(scope="module")
+def sharded():
+    """Full-batch fits, predictions, the compiled steps' collectives and the errors (~30 s)."""
+    return _sharded_run()
+
+
+@pytest.fixture(scope="module")
+def sharded_minibatches():
+    """The same script with minibatch and hyperparameter-learning fits added (~60 s)."""
+    return _sharded_run("minibatch")
 
 
 def test_the_data_is_spread_over_four_devices(sharded):
@@ -153,17 +165,22 @@ def test_full_batch_fit_on_sharded_data_equals_one_device(sharded):
     assert abs(four - one) <= 1e-9 * abs(one)
 
 
-def test_minibatch_trajectory_on_sharded_data_equals_one_device(sharded):
-    one, four = (np.asarray(e) for e in sharded["minibatch"])
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
+def test_minibatch_trajectory_on_sharded_data_equals_one_device(sharded_minibatches):
+    one, four = (np.asarray(e) for e in sharded_minibatches["minibatch"])
     assert one.shape == four.shape == (25,)
     np.testing.assert_allclose(four, one, rtol=1e-9)
     assert np.ptp(one) > 1.0  # the trajectory moves, so agreeing along it means something
 
 
-def test_learning_and_predicting_on_sharded_data_equal_one_device(sharded):
-    one, four = sharded["learned"]
-    assert abs(four - one) <= 1e-9 * abs(one)
+def test_predicting_on_sharded_data_equals_one_device(sharded):
     np.testing.assert_allclose(*sharded["prediction"], rtol=1e-9)
+
+
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
+def test_learning_on_sharded_data_equals_one_device(sharded_minibatches):
+    one, four = sharded_minibatches["learned"]
+    assert abs(four - one) <= 1e-9 * abs(one)
 
 
 def test_compiled_steps_all_reduce_and_never_gather_the_data(sharded):

@@ -62,6 +62,7 @@ def test_integer_weights_are_repeated_rows():
     np.testing.assert_allclose(b.model.posterior(b.q)[0], a.model.posterior(a.q)[0], rtol=1e-8)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_learned_hyperparameters_ignore_zero_weight_points():
     X, y = _banana(40)
     X_pad, y_pad, weights = _padded_training_set(X, y)
