@@ -381,3 +381,78 @@ def test_sigint_and_sigkill_leave_the_previous_results(tmp_path):
     assert code == 130 and "interrupted" in err and "Traceback" not in err
     code, _ = _interrupt_cli(tmp_path / "kill", signal.SIGKILL)
     assert code == -signal.SIGKILL
+
+
+# Reproducers of an adversarial review (2026-11-29): each of these was silently accepted.
+
+
+def _fit(path, out, *extra):
+    return main(["fit", str(path), "--steps", "3", "--out", str(out), "--quiet", "--no-plot",
+                 "--no-learn", *extra])  # fmt: skip
+
+
+def test_a_missing_text_label_is_refused_not_made_a_class(tmp_path, capsys):
+    rows = [[f"{i / 10:.1f}", "yes" if i % 2 else "no"] for i in range(12)]
+    rows[7][1] = ""  # became a third class "" (softmax, a `p_` column)
+    path = _write_csv(tmp_path / "d.csv", ["x", "label"], rows)
+    assert _fit(path, tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "'label'" in err and "missing value" in err and "row 8" in err
+    rows[7][1] = "NA"
+    assert _fit(_write_csv(tmp_path / "d.csv", ["x", "label"], rows), tmp_path / "out") == 2
+    assert not (tmp_path / "out").exists()
+
+
+def test_duplicate_column_names_are_refused(tmp_path, capsys):
+    rows = [[i, 10 * i + 40, i % 2] for i in range(1, 9)]  # the first `x` was read as the second
+    path = _write_csv(tmp_path / "d.csv", ["x", "x", "y"], rows)
+    assert _fit(path, tmp_path / "out") == 2
+    assert "two columns named 'x'" in capsys.readouterr().err
+
+
+def test_an_output_that_is_an_input_file_is_refused(tmp_path, capsys):
+    path = _classification_csv(tmp_path)
+    before = open(path, "rb").read()
+    assert _fit(path, tmp_path / "out", "--save", str(path)) == 2  # replaced the data by a model
+    assert "is the input file" in capsys.readouterr().err
+    assert open(path, "rb").read() == before
+    saved = tmp_path / "model.ngvi"
+    assert _fit(path, tmp_path / "out", "--save", str(saved)) == 0
+    for out in (path, saved):  # predictions over the data, or over the model
+        assert main(["predict", str(saved), path, "--out", str(out)]) == 2
+        assert "is the input file" in capsys.readouterr().err
+    assert open(path, "rb").read() == before
+
+
+def test_predictions_file_keeps_the_targets_and_inputs_as_written(tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal(40)
+    labels = np.where(x + 0.5 * rng.standard_normal(40) > 0, 1, -1)
+    rows = [[repr(float(x[i])), int(labels[i])] for i in range(40)]
+    rows[0][0] = "0.12345678901234568"  # 17 significant digits (was rounded to 12)
+    path = _write_csv(tmp_path / "d.csv", ["x", "y"], rows)
+    assert _fit(path, tmp_path / "out") == 0
+    written, _ = _read_predictions(tmp_path / "out")
+    assert [row["y"] for row in written] == [str(row[1]) for row in rows]  # -1 stayed -1, not 0
+    assert [float(row["x"]) for row in written] == [float(row[0]) for row in rows]
+
+
+def test_target_errors_suggest_the_right_likelihood(tmp_path, capsys):
+    rows = [[i, v] for i, v in enumerate([0.31, 1.72, 2.05, 0.44, 1.93, 0.12])]
+    assert _fit(_write_csv(tmp_path / "d.csv", ["x", "y"], rows), tmp_path / "out") == 2
+    err = capsys.readouterr().err
+    assert "--likelihood gaussian" in err and "softmax" not in err  # suggested softmax
+    rows = [[i, 1 + i % 2] for i in range(8)]  # two classes written 1 and 2: no hint at all
+    assert _fit(_write_csv(tmp_path / "d.csv", ["x", "y"], rows), tmp_path / "out") == 2
+    assert "0/1, -1/+1 or text labels" in capsys.readouterr().err
+    rows = [[i, "spam"] for i in range(8)]  # one class: fitted, "accuracy 1.0"
+    assert _fit(_write_csv(tmp_path / "d.csv", ["x", "y"], rows), tmp_path / "out") == 2
+    assert "one class only ('spam')" in capsys.readouterr().err
+
+
+def test_a_fit_that_lowered_the_elbo_says_so(tmp_path, capsys):
+    path = _classification_csv(tmp_path)
+    code = main(["fit", path, "--steps", "20", "--optimizer", "adam", "--lr", "1000", "--out",
+                 str(tmp_path / "out"), "--quiet", "--no-plot", "--no-learn"])  # fmt: skip
+    assert code == 0
+    assert "warning: the ELBO fell over the fit" in capsys.readouterr().err

@@ -27,6 +27,12 @@ def read_rows(path: str) -> tuple[list[str], list[list[str]]]:
     if len(rows) < 2:
         raise UsageError(f"{path!r} needs a header row and at least one data row.")
     header, body = [name.strip() for name in rows[0]], rows[1:]
+    for j, name in enumerate(header):
+        if name in header[:j]:
+            raise UsageError(
+                f"{path!r} has two columns named {name!r} (columns {header.index(name) + 1} "
+                f"and {j + 1}); give every column its own name."
+            )
     for number, row in enumerate(body, start=2):
         if len(row) != len(header):
             raise UsageError(
@@ -51,6 +57,7 @@ def read_csv(
     classes = None
     y = _numeric_column(columns[target], target, path, strict=False)
     if y is None:  # text labels: classes
+        _check_no_missing_labels(columns[target], target, path)
         classes = sorted(set(columns[target]))
         y = np.asarray([classes.index(value) for value in columns[target]], dtype=float)
     features, names = [], []
@@ -80,6 +87,20 @@ def read_features(path: str, names: list[str]) -> tuple[np.ndarray, list[str], l
         for name in names
     ]
     return np.stack(X, axis=1), header, body
+
+
+MISSING = {"", "na", "n/a", "nan", "null", "?"}
+"""How spreadsheets and data frames write a missing value (compared in lower case)."""
+
+
+def _check_no_missing_labels(values: list[str], name: str, path: str) -> None:
+    """Refuse a missing value in a column of text labels (it would become a class of its own)."""
+    for row, value in enumerate(values):
+        if value.lower() in MISSING:
+            raise UsageError(
+                f"{path!r}: the target column {name!r} has a missing value {value!r} in data "
+                f"row {row + 1}; remove the row or give it a label."
+            )
 
 
 def _numeric_column(values: list[str], name: str, path: str, strict: bool) -> np.ndarray | None:

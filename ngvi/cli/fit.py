@@ -23,9 +23,17 @@ import sys
 
 import numpy as np
 
+from ..fitting.diagnosis import fell_over_the_fit
 from . import model as models
 from .data import UsageError, read_csv, split
-from .output import check_out_file, check_out_folder, quiet, replaced_folder, write_failure
+from .output import (
+    check_not_an_input,
+    check_out_file,
+    check_out_folder,
+    quiet,
+    replaced_folder,
+    write_failure,
+)
 from .report import metrics, poisson_log_predictive, report, write_predictions
 
 OPTIMIZERS = {
@@ -134,18 +142,20 @@ def _prepare(args) -> dict:
     spread = np.where(spread > 0, spread, 1.0)
     if kind == "softmax":
         y, classes = models.class_labels(y, classes)
+    if kind in models.CLASSIFIERS and np.unique(y).size < 2:
+        only = classes[0] if classes else f"{y[0]:g}"
+        raise UsageError(f"target column {target!r} has one class only ({only!r}); a classifier "
+                         "needs examples of at least two.")  # fmt: skip
     try:
         labels = np.asarray(models.likelihood(kind, max(2, len(classes or ()))).prepare_targets(y))
     except ValueError as error:
-        hint = (
-            " (for more than two classes use --likelihood softmax)"
-            if kind in ("probit", "logit") and np.unique(y).size > 2
-            else ""
-        )
+        hint = models.label_hint(kind, y)
         raise UsageError(f"target column {target!r}: {error}{hint}") from None
     labels = labels.astype(float)
     out = check_out_folder(args.out)
     save = None if args.save is None else check_out_file(args.save, "--save")
+    if save is not None:
+        check_not_an_input(save, "--save", args.csv)
     model, y_shift, y_scale = models.build(
         args, kind, (X[train] - centre) / spread, labels[train], len(classes or ())
     )
@@ -159,7 +169,7 @@ def _prepare(args) -> dict:
         "y_shift": y_shift,
         "y_scale": y_scale,
     }
-    return {"X": X, "labels": labels, "source": source, "train": train, "test": test,
+    return {"X": X, "labels": labels, "y": y, "source": source, "train": train, "test": test,
             "model": model, "optimizer": _optimizer(args), "meta": meta, "out": out,
             "save": save}  # fmt: skip
 
@@ -195,6 +205,9 @@ def _fit_and_report(args, p: dict) -> int:
     columns = models.columns(result, meta, X)
     scores = _scores(args.likelihood, labels[test], columns, test)
     report(result, meta["names"], scores)
+    fallen = fell_over_the_fit(result.initial_elbo, result.elbo)
+    if fallen:
+        print(f"ngvi fit: warning: {fallen}", file=sys.stderr)
     summary = {
         "likelihood": args.likelihood,
         "optimizer": args.optimizer,
@@ -206,7 +219,8 @@ def _fit_and_report(args, p: dict) -> int:
         "test_metrics": scores,
     }
     classes = meta["classes"]
-    shown = labels if classes is None else np.asarray(classes)[labels.astype(int)]
+    # The target as the user wrote it (-1/+1 stays -1/+1; the likelihood's labels may be 0/1).
+    shown = p["y"] if classes is None else np.asarray(classes)[labels.astype(int)]
     with replaced_folder(p["out"]) as staging:
         write_predictions(
             staging / "predictions.csv", X, shown, meta["names"], meta["target"], test, columns

@@ -36,6 +36,18 @@ def resolve_likelihood(requested: str, y: np.ndarray, classes: list[str] | None)
     return requested
 
 
+def label_hint(kind: str, y: np.ndarray) -> str:
+    """What to do about targets a binary classifier refused, in a parenthesis (or `""`)."""
+    if kind not in ("probit", "logit"):
+        return ""
+    distinct = np.unique(y)
+    if not np.all(distinct == np.round(distinct)):
+        return " (for a real-valued target use --likelihood gaussian; for counts, poisson)"
+    if distinct.size > 2:
+        return " (for more than two classes use --likelihood softmax)"
+    return " (write the two classes as 0/1, -1/+1 or text labels)"
+
+
 def class_labels(y: np.ndarray, classes: list[str] | None) -> tuple[np.ndarray, list[str]]:
     """`(indices 0..C-1, class names)` for a softmax target (numeric labels are sorted)."""
     if classes is not None:

@@ -50,6 +50,13 @@ def check_out_file(path: str, flag: str) -> Path:
     return out
 
 
+def check_not_an_input(out: Path, flag: str, *inputs: str | None) -> None:
+    """Refuse an output that is one of the command's input files (it would be replaced)."""
+    for given in inputs:
+        if given is not None and Path(given).exists() and out.exists() and out.samefile(given):
+            raise UsageError(f"{flag} {str(out)!r} is the input file {given!r}; write elsewhere.")
+
+
 def _check_writable(out: Path, path: str, flag: str) -> None:
     """Refuse an output whose folder does not exist, or that cannot be created or replaced."""
     parent = out.resolve().parent

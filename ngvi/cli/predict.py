@@ -18,8 +18,11 @@ import sys
 
 from . import model as models
 from .data import UsageError, read_features
-from .output import check_out_file, quiet, write_failure
+from .output import check_not_an_input, check_out_file, quiet, write_failure
 from .report import _cell
+
+CLI_METADATA = ("names", "likelihood", "classes", "centre", "spread", "y_shift", "y_scale")
+"""What `ngvi fit --save` stores beside the model for reading new rows."""
 
 
 def add_predict_parser(commands) -> None:
@@ -56,11 +59,18 @@ def _predict(args) -> int:
     from ngvi.serialisation import atomic_write, read_metadata
 
     out = check_out_file(args.out, "--out")
+    check_not_an_input(out, "--out", args.csv, args.model)
     meta = read_metadata(args.model)
     if not meta or "ngvi_cli" not in meta:
         raise UsageError(
             f"{args.model!r} was not saved by `ngvi fit --save`, so it does not say how to "
             "read a CSV (feature columns, standardisation); use `ngvi.load` in Python."
+        )
+    missing = [key for key in CLI_METADATA if key not in meta]
+    if missing:
+        raise UsageError(
+            f"{args.model!r} lacks what `ngvi fit --save` writes ({', '.join(missing)}); save "
+            "it again with this version's `ngvi fit --save`."
         )
     X, header, rows = read_features(args.csv, meta["names"])
     result = ngvi.load(args.model)

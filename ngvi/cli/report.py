@@ -54,15 +54,26 @@ def report(result, names, scores) -> None:
 
 
 def write_predictions(path, X, labels, names, target, test, columns: dict) -> None:
+    """`predictions.csv`: the inputs and the target as read (`labels`: the user's values),
+    the split, and the prediction columns."""
     is_test = np.zeros(len(labels), dtype=bool)
     is_test[test] = True
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow([*names, target, "split", *columns])
         for i in range(len(labels)):
-            values = [*X[i], labels[i], "test" if is_test[i] else "train"]
-            values += [column[i] for column in columns.values()]
-            writer.writerow([_cell(value) for value in values])
+            inputs = [_exact(value) for value in (*X[i], labels[i])]
+            outputs = [_cell(column[i]) for column in columns.values()]
+            writer.writerow([*inputs, "test" if is_test[i] else "train", *outputs])
+
+
+def _exact(value) -> str:
+    """An input value as read: text as it is, a number in the fewest digits that read back
+    as the same float (`1` for `1.0`)."""
+    if isinstance(value, str):
+        return value
+    text = repr(float(value))
+    return text[:-2] if text.endswith(".0") else text
 
 
 def _cell(value) -> str:
