@@ -57,3 +57,17 @@ def quadrature_warning(model, q, elbo, error=None) -> str:
         "`num_quadrature_points`; for binary labels, `BernoulliLogit`'s expectations are "
         "accurate at any variance."
     )
+
+
+def fell_over_the_fit(initial_elbo, final_elbo) -> str:
+    """A sentence if the fit ended with a lower ELBO than it started from (beyond rounding):
+    a step size too large for the problem (Adam, BLR) or minibatch noise; `""` otherwise."""
+    start, end = float(initial_elbo), float(final_elbo)
+    resolution = 100 * float(np.finfo(np.asarray(final_elbo).dtype).eps) * (1.0 + abs(start))
+    if not end < start - resolution:
+        return ""
+    return (
+        f"the ELBO fell over the fit, from {start:.6g} to {end:.6g}: the posterior returned is "
+        "worse than the one the fit started from. The step size is too large for this problem "
+        "(try a smaller `lr`, or `NaturalGradient`, whose steps are safeguarded)."
+    )

@@ -16,9 +16,10 @@ from ..hyperparameters import LearnHyperparameters, has_learnable
 from ..models import AbstractModel
 from ..optimizers.base import AbstractOptimizer, StepInfo
 from ..streaming import Feeder, Stream, check_stream, placeholder_batch
+from .arguments import check_arguments, checked_q
 from .batches import Minibatches, StreamedBatches
 from .checkpoint import Checkpoint
-from .diagnosis import describe_failure, quadrature_warning
+from .diagnosis import describe_failure, fell_over_the_fit, quadrature_warning
 from .loop import Carry, Loop, run_chunk
 from .outcome import FitOutcome, is_one_of
 from .progress import Progress
@@ -82,10 +83,10 @@ def fit(
     result.elbo, result.history.elbo, result.outcome
     ```
     """
-    _check_arguments(model, optimizer, num_steps, tol, batch_size, learn)
+    check_arguments(model, optimizer, num_steps, tol, batch_size, learn)
     check_stream(model, data, batch_size)
     num_steps = int(num_steps)
-    q = model.init_variational(optimizer.form) if q is None else _checked_q(model, optimizer, q)
+    q = model.init_variational(optimizer.form) if q is None else checked_q(model, optimizer, q)
     q, state = optimizer.init(model, q)
     prior_problem = model.diagnose(q)  # a family may give a finite ELBO under an invalid prior
     if prior_problem:
@@ -109,52 +110,6 @@ def fit(
     if saver is not None:
         saver.finish(carry)
     return _finish(loop, carry, initial_elbo, throw, data)
-
-
-def _check_arguments(model, optimizer, num_steps, tol, batch_size, learn) -> None:
-    if not isinstance(model, AbstractModel):
-        raise TypeError(f"`model` must be an ngvi model, got {type(model).__name__}.")
-    if not isinstance(optimizer, AbstractOptimizer):
-        raise TypeError(f"`optimizer` must be an ngvi strategy, got {type(optimizer).__name__}.")
-    if isinstance(num_steps, bool) or not float(num_steps).is_integer() or num_steps < 0:
-        raise ValueError(f"`num_steps` must be a non-negative integer, got {num_steps!r}.")
-    if not (np.isfinite(tol) and tol >= 0):
-        raise ValueError(f"`tol` must be a finite number >= 0, got {tol!r}.")
-    if batch_size is not None:
-        if isinstance(batch_size, bool) or not float(batch_size).is_integer():
-            raise ValueError(f"`batch_size` must be an integer, got {batch_size!r}.")
-        if not model.supports_minibatch:
-            model.whitened_view(model.data[:1])  # raises the model's own explanation
-            raise ValueError(f"{type(model).__name__} does not support minibatches.")
-        if batch_size % model.row_shards:
-            raise ValueError(
-                f"`batch_size` ({batch_size}) must be a multiple of the {model.row_shards} "
-                "devices the data is sharded over, so each device takes the same share."
-            )
-    if learn is not None and not isinstance(learn, LearnHyperparameters):
-        raise TypeError(f"`learn` must be a LearnHyperparameters or None, got {type(learn)}.")
-
-
-def _checked_q(model, optimizer, q):
-    """Refuse a `q` that is not this model's family (for this strategy's form) or whose
-    parameters do not have the model's shapes."""
-    if not isinstance(q, AbstractVariational):
-        raise TypeError(f"`q` must be a variational family, got {type(q).__name__}.")
-    expected = jax.eval_shape(lambda: model.init_variational(optimizer.form))
-    if type(q) is not type(expected):
-        raise TypeError(
-            f"`q` is a {type(q).__name__}, but this model (family={model.family!r}) and "
-            f"{type(optimizer).__name__} move a {type(expected).__name__}: start from "
-            f"`model.init_variational({optimizer.form!r})`."
-        )
-    got = [tuple(jnp.shape(p)) for p in q.parameters]
-    want = [tuple(p.shape) for p in expected.parameters]
-    if got != want:
-        raise ValueError(
-            f"`q` does not fit this model: its parameters have shapes {got}, but "
-            f"`model.init_variational({optimizer.form!r})` gives {want}."
-        )
-    return q
 
 
 def _default_key():
@@ -260,6 +215,26 @@ def _full_elbo(model, q, data):
     return (*data.elbo(model, q), None)
 
 
+def _last_step_fell(loop: Loop, carry: Carry, final_elbo, steps: int) -> bool:
+    """Whether a full-batch fit that converged ended with a step that lowered the ELBO by more
+    than its rounding or the convergence tolerance allow (seen in float32: 0.14 nats)."""
+    if (
+        steps == 0
+        or loop.minibatches is not None
+        or not is_one_of(carry.outcome, FitOutcome.converged)
+    ):
+        return False
+    before = float(np.asarray(carry.history.elbo)[steps - 1])
+    dtype = np.asarray(carry.history.elbo).dtype
+    tolerance = float(getattr(loop.strategy, "decrease_tolerance", 0.0))
+    margin = max(tolerance, 100 * float(np.finfo(dtype).eps))
+    return float(final_elbo) < before - margin * (1.0 + abs(before))
+
+
+def _is_none(x) -> bool:
+    return x is None
+
+
 def _describe(model, q, data) -> str:
     if data is None:
         return describe_failure(model, q)
@@ -271,6 +246,13 @@ def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool, data=None) -> F
     model = loop.full_model(carry.learned)
     final_elbo, error, quadrature = _full_elbo(model, carry.q, data)
     outcome = carry.outcome
+    if _last_step_fell(loop, carry, final_elbo, steps):
+        # Convergence is judged on the ELBOs before each step, so the step after the last
+        # of them was never checked; where it lowered the ELBO, return the point it left.
+        q, learned, _ = carry.previous
+        carry = eqx.tree_at(lambda c: (c.q, c.learned), carry, (q, learned), is_leaf=_is_none)
+        model = loop.full_model(carry.learned)
+        final_elbo, error, quadrature = _full_elbo(model, carry.q, data)
     message = FitOutcome[outcome]
     if is_one_of(outcome, FitOutcome.failed):
         detail = (
@@ -281,6 +263,9 @@ def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool, data=None) -> F
         warnings.warn(detail, stacklevel=3)
     elif is_one_of(outcome, FitOutcome.stalled, FitOutcome.schedule_ended, FitOutcome.interrupted):
         warnings.warn(f"ngvi.fit stopped after {steps} steps: {message}.", stacklevel=3)
+    fallen = fell_over_the_fit(initial_elbo, final_elbo)
+    if fallen and not is_one_of(outcome, FitOutcome.failed):
+        warnings.warn(f"ngvi.fit: {fallen}", stacklevel=3)
     if data is None and not is_one_of(outcome, FitOutcome.failed):
         inaccurate = quadrature_warning(model, carry.q, final_elbo, quadrature)
         if inaccurate:

@@ -42,17 +42,25 @@ def _fit_posterior(model, *, learn: bool, num_steps: int, lr: float, step: float
     options = dict(num_steps=num_steps, key=key, progress=False)
     if not learn:
         result = _ngvi_fit(model, optimizer, **options)
+        _warn_unless_converged(result, "posterior")
         return model, result.q, result
     if isinstance(model, Model) and model.num_latent == 1 and step == 1.0:
         # One latent, dense: variational EM with L-BFGS to a converged gradient
         # (`ngvi.fit_hyperparameters`); `num_steps` bounds the L-BFGS iterations.
         result = _fit_hyperparameters(model, max_steps=num_steps, throw=True)
-        if not result.converged:
-            warnings.warn(f"ngvi: hyperparameters: {result.message}.", ConvergenceWarning, 3)
+        _warn_unless_converged(result, "hyperparameters")
         return result.model, result.q, result
     learner = LearnHyperparameters(optimizer=_adam(lr))
     result = _ngvi_fit(model, optimizer, learn=learner, **options)
+    _warn_unless_converged(result, "posterior and hyperparameters")
     return result.model, result.q, result
+
+
+def _warn_unless_converged(result, what: str) -> None:
+    """scikit-learn's `ConvergenceWarning` for every fit that stopped short of convergence
+    (the step budget, a stall, a schedule's end), whichever path fitted it."""
+    if not result.converged:
+        warnings.warn(f"ngvi: {what}: {result.message}.", ConvergenceWarning, 4)
 
 
 def bucket_size(num_rows: int) -> int:

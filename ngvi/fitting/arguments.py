@@ -1,0 +1,58 @@
+"""`fit`'s checks of its arguments, before anything is compiled."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..families import AbstractVariational
+from ..hyperparameters import LearnHyperparameters
+from ..models import AbstractModel
+from ..models.base import check_no_per_point_parameters
+from ..optimizers.base import AbstractOptimizer
+
+
+def check_arguments(model, optimizer, num_steps, tol, batch_size, learn) -> None:
+    if not isinstance(model, AbstractModel):
+        raise TypeError(f"`model` must be an ngvi model, got {type(model).__name__}.")
+    if not isinstance(optimizer, AbstractOptimizer):
+        raise TypeError(f"`optimizer` must be an ngvi strategy, got {type(optimizer).__name__}.")
+    if isinstance(num_steps, bool) or not float(num_steps).is_integer() or num_steps < 0:
+        raise ValueError(f"`num_steps` must be a non-negative integer, got {num_steps!r}.")
+    if not (np.isfinite(tol) and tol >= 0):
+        raise ValueError(f"`tol` must be a finite number >= 0, got {tol!r}.")
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not float(batch_size).is_integer():
+            raise ValueError(f"`batch_size` must be an integer, got {batch_size!r}.")
+        if not model.supports_minibatch:
+            model.whitened_view(model.data[:1])  # raises the model's own explanation
+            raise ValueError(f"{type(model).__name__} does not support minibatches.")
+        check_no_per_point_parameters(model.likelihood, "a minibatch fit")
+        if batch_size % model.row_shards:
+            raise ValueError(
+                f"`batch_size` ({batch_size}) must be a multiple of the {model.row_shards} "
+                "devices the data is sharded over, so each device takes the same share."
+            )
+    if learn is not None and not isinstance(learn, LearnHyperparameters):
+        raise TypeError(f"`learn` must be a LearnHyperparameters or None, got {type(learn)}.")
+
+
+def checked_q(model, optimizer, q):
+    """Refuse a `q` that is not this model's family (for this strategy's form) or whose
+    parameters do not have the model's shapes."""
+    if not isinstance(q, AbstractVariational):
+        raise TypeError(f"`q` must be a variational family, got {type(q).__name__}.")
+    expected = jax.eval_shape(lambda: model.init_variational(optimizer.form))
+    if type(q) is not type(expected):
+        raise TypeError(
+            f"`q` is a {type(q).__name__}, but this model (family={model.family!r}) and "
+            f"{type(optimizer).__name__} move a {type(expected).__name__}: start from "
+            f"`model.init_variational({optimizer.form!r})`."
+        )
+    got = [tuple(jnp.shape(p)) for p in q.parameters]
+    want = [tuple(p.shape) for p in expected.parameters]
+    if got != want:
+        raise ValueError(
+            f"`q` does not fit this model: its parameters have shapes {got}, but "
+            f"`model.init_variational({optimizer.form!r})` gives {want}."
+        )
+    return q
