@@ -54,7 +54,7 @@ def as_inputs(X, name: str = "X") -> np.ndarray:
     if array.ndim != 2:
         raise ValueError(f"`{name}` must have shape (n,) or (n, d); got shape {array.shape}.")
     if array.shape[0] == 0:
-        raise ValueError(f"`{name}` has no rows: a model needs at least one data point.")
+        raise ValueError(f"`{name}` has no rows: give at least one point.")
     if array.shape[1] == 0:
         raise ValueError(f"`{name}` has no columns: each row needs at least one input value.")
     return array

@@ -70,9 +70,13 @@ class RowSharding:
             lambda local: jax.lax.psum(fn(local), self.axis), rows, PartitionSpec()
         )
 
-    def map_rows(self, fn, rows: PyTree) -> PyTree:
-        """`fn` applied to each device's rows; its per-row outputs stay where the rows are."""
-        return self._shard_map(fn, rows, PartitionSpec(self.axis))
+    def map_rows(self, fn, rows: PyTree, replicated: PyTree = None) -> PyTree:
+        """`fn(local rows, replicated)` on each device's rows; its per-row outputs stay where
+        the rows are."""
+        spec = PartitionSpec(self.axis)
+        return jax.shard_map(fn, mesh=self.mesh, in_specs=(spec, PartitionSpec()), out_specs=spec)(
+            rows, replicated
+        )
 
     def take(self, rows: PyTree, indices: Int[Array, " B"]) -> PyTree:
         """`rows[indices]`, replicated: each device copies the requested rows it holds into a

@@ -58,14 +58,14 @@ def predict(model, q, X_new) -> Prediction:
     pred.latent_mean, pred.latent_variance, pred.mean
     ```
     """
-    if model.X.shape[1] == 0:  # no inputs (a ParametricModel): nothing to predict at
+    if model.num_inputs == 0:  # no inputs (a ParametricModel): nothing to predict at
         raise TypeError(
             f"{type(model).__name__} has no inputs to predict at; use `model.posterior(q)` "
             "for the posterior of its parameters."
         )
     X_new = jnp.asarray(as_inputs(X_new, "X_new"), model.dtype)
-    if X_new.shape[1] != model.X.shape[1]:
+    if X_new.shape[1] != model.num_inputs:
         raise ValueError(
-            f"`X_new` has {X_new.shape[1]} columns but the model was fitted on {model.X.shape[1]}."
+            f"`X_new` has {X_new.shape[1]} columns but the model was fitted on {model.num_inputs}."
         )
     return Prediction(*_predict(model, q, X_new))

@@ -50,6 +50,8 @@ one, four = make(X, y, chunk_size=300), make(jax.device_put(X, rows), jax.device
 out = {"devices": jax.device_count(), "sharded": str(four.data.X.sharding.spec)}
 full = [ngvi.fit(m, ngvi.NaturalGradient(lr=1.0), 10, **FIT) for m in (one, four)]
 out["full"] = [float(r.elbo) for r in full]
+adam = [ngvi.fit(m, ngvi.Adam(lr=0.05), 10, **FIT) for m in (one, four)]
+out["adam"] = [float(r.elbo) for r in adam]
 key = jax.random.PRNGKey(3)
 out["prediction"] = [
     [float(p) for p in ngvi.predict(m, r.q, X[:5]).mean] for m, r in zip((one, four), full)
@@ -171,6 +173,12 @@ def test_minibatch_trajectory_on_sharded_data_equals_one_device(sharded_minibatc
     assert one.shape == four.shape == (25,)
     np.testing.assert_allclose(four, one, rtol=1e-9)
     assert np.ptp(one) > 1.0  # the trajectory moves, so agreeing along it means something
+
+
+def test_adam_on_sharded_data_equals_one_device(sharded):
+    # Reproducer: Adam failed inside `shard_map` (`jnp.tril`'s mask, a mesh mismatch).
+    one, four = sharded["adam"]
+    assert abs(four - one) <= 1e-9 * abs(one)
 
 
 def test_predicting_on_sharded_data_equals_one_device(sharded):

@@ -53,6 +53,13 @@ class AbstractLikelihood(eqx.Module):
         """Latent functions per data point."""
         return 1
 
+    @property
+    def per_point_parameters(self) -> tuple[str, ...]:
+        """The fields that hold one value per data point (a Poisson exposure of shape `(n,)`).
+        They line up with the targets only in a pass over all rows in order, so minibatches
+        and the sparse model's chunked passes refuse a likelihood that has any."""
+        return ()
+
     @abc.abstractmethod
     def log_prob(self, f: ArrayLike, y: ArrayLike) -> Array:
         r"""Elementwise $\log p(y_i \mid f_i)$ for broadcastable arrays `f` and `y`."""

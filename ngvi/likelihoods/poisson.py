@@ -19,7 +19,10 @@ class Poisson(AbstractLikelihood):
     `conditional_moments` and `predictive_moments` are per unit exposure: the predictive mean is
     $\lambda$ and the variance $\lambda + (e^v - 1)\lambda^2$.
 
-    `exposure` is an optional positive array broadcast against $f$ (shape `()` or `(n,)`).
+    `exposure` is an optional positive array broadcast against $f$ (shape `()` or `(n,)`). One
+    exposure per point (`(n,)`) needs every pass to take all rows in order: the dense
+    `ngvi.Model` with full batches; `SparseModel` and minibatch fits refuse it
+    (`per_point_parameters`).
 
     `integer_counts=False` accepts any non-negative real `y`, as scikit-learn's
     `PoissonRegressor` does: the log-likelihood, with $\log y! = \log\Gamma(y + 1)$, is
@@ -60,6 +63,10 @@ class Poisson(AbstractLikelihood):
                 f"{y.shape[0]} counts: give one exposure per count, or a scalar."
             )
         return y
+
+    @property
+    def per_point_parameters(self) -> tuple[str, ...]:
+        return ("exposure",) if self.exposure is not None and jnp.size(self.exposure) > 1 else ()
 
     def _log_exposure(self) -> Array | float:
         return 0.0 if self.exposure is None else jnp.log(self.exposure)

@@ -49,6 +49,19 @@ def check_family(family: str, allowed: tuple[str, ...] = FAMILIES) -> str:
     return family
 
 
+def check_no_per_point_parameters(likelihood, where: str) -> None:
+    """Refuse a likelihood with one parameter value per data point (`per_point_parameters`)
+    where the rows are taken in chunks or batches, which would not line up with them."""
+    fields = likelihood.per_point_parameters
+    if fields:
+        name = f"{type(likelihood).__name__}.{fields[0]}"
+        raise ValueError(
+            f"`{name}` holds one value per data point, which {where} cannot keep in line with "
+            "the rows it takes in chunks or batches: fit the dense `ngvi.Model` with full "
+            "batches, or give a scalar."
+        )
+
+
 def check_latents(prior, likelihood) -> None:
     """Raise if a prior made for a number of latent functions does not match the likelihood."""
     count = getattr(prior, "num_latent", None)
@@ -158,6 +171,11 @@ class AbstractModel(eqx.Module):
     @property
     def X(self) -> Float[Array, "n d"]:
         return self.data.X
+
+    @property
+    def num_inputs(self) -> int:
+        """The number of input columns `d` that `predict` expects (0 for a parametric model)."""
+        return self.data.X.shape[1]
 
     @property
     def y(self) -> Float[Array, " n"]:

@@ -12,7 +12,13 @@ from ..families.views import over_latents
 from ..likelihoods import AbstractLikelihood
 from ..parameters import learnable
 from ..priors import GPPrior
-from .base import AbstractModel, check_family, check_latents, prior_factor_is_finite
+from .base import (
+    AbstractModel,
+    check_family,
+    check_latents,
+    check_no_per_point_parameters,
+    prior_factor_is_finite,
+)
 from .chunks import chunked_rows, chunked_sum, mapped_rows
 from .inducing import kmeans_inducing
 
@@ -87,6 +93,7 @@ class SparseModel(AbstractModel):
         if not isinstance(likelihood, AbstractLikelihood):
             raise TypeError(f"`likelihood` must be an AbstractLikelihood, got {type(likelihood)}.")
         check_latents(prior, likelihood)
+        check_no_per_point_parameters(likelihood, "a SparseModel")
         self.sharding = RowSharding.of(X)
         self.streamed_rows = _streamed_rows(X, y, num_data)
         if weights is not None and (self.streamed_rows is not None or self.sharding is not None):
@@ -131,6 +138,10 @@ class SparseModel(AbstractModel):
         return self.data if batch is None else batch
 
     @property
+    def num_inputs(self) -> int:
+        return self.inducing.shape[1]  # also for a model without data (a streamed fit)
+
+    @property
     def num_inducing(self) -> int:
         return self.inducing.shape[0]
 
@@ -159,12 +170,20 @@ class SparseModel(AbstractModel):
         rows = self._rows(batch).X
         if self.sharding is None:
             return self.whitened_marginals_at(q, rows)
-        factor = self._inverse_factor()
+        replicated = (q, self.prior, self.inducing, self._inverse_factor())
 
-        def local(X):
-            return mapped_rows(lambda Xc: q.project(self._view(factor, Xc)), X, self.chunk_size)
+        def local(X, replicated):
+            # The replicated values enter `shard_map` as arguments, not by closure: Adam's
+            # gradient through the chunks' `lax.map` failed with a mesh mismatch on closed-over
+            # values.
+            q, prior, inducing, factor = replicated
 
-        return self.sharding.map_rows(local, rows)
+            def one(Xc):
+                return q.project(prior.conditional_view(inducing, factor, Xc))
+
+            return mapped_rows(one, X, self.chunk_size)
+
+        return self.sharding.map_rows(local, rows, replicated)
 
     def whitened_marginals_at(self, q, X_new):
         factor = self._inverse_factor()
@@ -256,4 +275,8 @@ def _inducing_inputs(inducing, X, seed: int) -> np.ndarray:
                 "the inducing inputs `(M, d)` themselves (the same on every process)."
             )
         return kmeans_inducing(as_inputs(X), int(inducing), seed)
+    if isinstance(inducing, (float, np.floating)):
+        raise ValueError(
+            f"`inducing` must be a whole number of points or the inputs `(M, d)`; got {inducing!r}."
+        )
     return as_inputs(inducing, "inducing")

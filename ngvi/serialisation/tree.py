@@ -69,12 +69,15 @@ def describe(tree, arrays: list | None, where: str = "result"):
 
 
 def _describe_array(original, arrays, where):
+    if jax.dtypes.issubdtype(original.dtype, jax.dtypes.prng_key):
+        if arrays is not None:
+            raise TreeError(f"cannot save {where}: a typed PRNG key (save jax.random.key_data).")
+        # A fingerprint (a checkpoint's `key=jax.random.key(0)`): the key's bits identify it.
+        original = jax.random.key_data(original)
     fully_addressable = getattr(original, "is_fully_addressable", True)
     x = np.asarray(original) if fully_addressable else original
     if not isinstance(x, np.ndarray):
         raise TreeError(f"cannot save {where}: its array is spread over several processes.")
-    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
-        raise TreeError(f"cannot save {where}: a typed PRNG key (save jax.random.key_data).")
     spec = {"shape": list(x.shape), "dtype": x.dtype.name}
     if not isinstance(original, jax.Array):
         spec["numpy"] = True  # comes back as a NumPy array, not a JAX one
