@@ -129,3 +129,11 @@ def test_argument_errors_say_what_was_wrong():
     model = ngvi.SparseModel(prior, likelihood, X, y, inducing=X[:5])
     with pytest.raises(ValueError, match="`X_new` has no rows"):  # "a model needs a data point"
         ngvi.predict(model, model.init_variational(), np.zeros((0, 2)))
+
+
+def test_estimators_refuse_a_fractional_step_budget():
+    from ngvi.sklearn import GaussianProcessClassifier
+
+    X, y = ngvi.datasets.banana()
+    with pytest.raises(ValueError, match="positive integer, got 2.5"):  # truncated to 2
+        GaussianProcessClassifier(num_steps=2.5).fit(X, y)

@@ -174,7 +174,8 @@ class BaseGP(BaseEstimator):
     def _check_parameters(self) -> None:
         if self.kernel not in _KERNELS:
             raise ValueError(f"`kernel` must be one of {sorted(_KERNELS)}, got {self.kernel!r}.")
-        if int(self.num_steps) < 1:
+        steps = self.num_steps
+        if isinstance(steps, bool) or not float(steps).is_integer() or steps < 1:
             raise ValueError(f"`num_steps` must be a positive integer, got {self.num_steps!r}.")
         if not float(self.lr) > 0:
             raise ValueError(f"`lr` must be positive, got {self.lr!r}.")
