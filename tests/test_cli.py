@@ -79,7 +79,7 @@ def test_csv_classification_skips_text_columns(tmp_path):
     assert code == 0
     rows, test = _read_predictions(out)
     assert set(rows[0]) >= {"a", "b", "label", "predictive_mean"} and "name" not in rows[0]
-    assert {row["label"] for row in rows} == {"0", "1"}  # -1/+1 labels in the internal encoding
+    assert {row["label"] for row in rows} == {"-1", "1"}  # the labels as written, not 0/1
     metrics = json.loads((out / "metrics.json").read_text())["test_metrics"]
     assert metrics["accuracy"] >= 0.75 and np.isfinite(metrics["nlpd"])
     assert (out / "plot.png").exists()  # 2-D input: decision surface
