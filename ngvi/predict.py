@@ -1,6 +1,7 @@
 """Predictions at new inputs: latent marginals and the likelihood's predictive moments."""
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float
 
@@ -68,4 +69,27 @@ def predict(model, q, X_new) -> Prediction:
         raise ValueError(
             f"`X_new` has {X_new.shape[1]} columns but the model was fitted on {model.num_inputs}."
         )
-    return Prediction(*_predict(model, q, X_new))
+    try:
+        return Prediction(*_predict(model, q, X_new))
+    except (TypeError, ValueError) as error:
+        mismatch = _q_mismatch(model, q)  # only looked for once the computation failed
+        if mismatch:
+            raise ValueError(mismatch) from error
+        raise
+
+
+def _q_mismatch(model, q) -> str:
+    """Why `q` is not a posterior of `model` (`""` if it is one): another family, or the
+    parameters of a model of another size."""
+    for form in ("natural", "moments"):
+        expected = jax.eval_shape(lambda form=form: model.init_variational(form))
+        if type(q) is type(expected):
+            got = [tuple(jnp.shape(p)) for p in q.parameters]
+            want = [tuple(p.shape) for p in expected.parameters]
+            if got == want:
+                return ""
+            return (
+                f"`q` does not fit this model: its parameters have shapes {got}, but this "
+                f"model's {type(q).__name__} has {want} (was `q` fitted on another model?)."
+            )
+    return f"`q` is a {type(q).__name__}, which is not a posterior family of this model."

@@ -137,3 +137,15 @@ def test_estimators_refuse_a_fractional_step_budget():
     X, y = ngvi.datasets.banana()
     with pytest.raises(ValueError, match="positive integer, got 2.5"):  # truncated to 2
         GaussianProcessClassifier(num_steps=2.5).fit(X, y)
+
+
+def test_predict_with_another_models_q_says_so():
+    # A q fitted on a model with another number of inducing points failed in `dot_general`.
+    X, y = ngvi.datasets.banana()
+    prior, likelihood = ngvi.GPPrior(ngvi.kernels.SquaredExponential()), ngvi.likelihoods.Probit()
+    five = ngvi.SparseModel(prior, likelihood, X, y, inducing=X[:5])
+    seven = ngvi.SparseModel(prior, likelihood, X, y, inducing=X[:7])
+    with pytest.raises(ValueError, match="was `q` fitted on another model"):
+        ngvi.predict(five, seven.init_variational(), X[:3])
+    with pytest.raises(ValueError, match="not a posterior family of this model"):
+        ngvi.predict(five, ngvi.Model(prior, likelihood, X, y).init_variational(), X[:3])
