@@ -149,3 +149,30 @@ def test_predict_with_another_models_q_says_so():
         ngvi.predict(five, seven.init_variational(), X[:3])
     with pytest.raises(ValueError, match="not a posterior family of this model"):
         ngvi.predict(five, ngvi.Model(prior, likelihood, X, y).init_variational(), X[:3])
+
+
+def test_heteroscedastic_predictions_from_the_coupled_family():
+    # `predictive_moments` read `variance[:, 1]` from the coupled family's (n, 2, 2)
+    # covariances and failed with a broadcasting error.
+    x = np.linspace(-3, 3, 40)
+    t = np.sin(x) + 0.3 * np.random.default_rng(0).standard_normal(40)
+    kernels = [ngvi.kernels.SquaredExponential(1.0, 1.5), ngvi.kernels.SquaredExponential(1.0, 2.0)]
+    prior = ngvi.GPPrior(kernels, mean=[0.0, -2.0])
+    likelihood = ngvi.likelihoods.HeteroscedasticGaussian()
+    model = ngvi.Model(prior, likelihood, x, t, family="coupled")
+    strategy = ngvi.NaturalGradient(lr=1.0, psd_correction=True)
+    result = ngvi.fit(model, strategy, 10, progress=False, throw=False)
+    got = ngvi.predict(model, result.q, x[:5])
+    latent = model.predict_latent(result.q, x[:5])
+    mean, variance = np.asarray(latent.mean), np.asarray(latent.variance)
+    v0, v1 = variance[:, 0, 0], variance[:, 1, 1]  # the marginals: the covariance's diagonal
+    np.testing.assert_allclose(got.mean, mean[:, 0], rtol=1e-12)
+    np.testing.assert_allclose(got.variance, v0 + np.exp(mean[:, 1] + v1 / 2), rtol=1e-12)
+
+
+def test_monte_carlo_likelihoods_need_two_draws():
+    # One draw reported an ELBO standard error of exactly 0 (the spread of one value); zero
+    # draws gave "the starting ELBO is nan ... check those targets".
+    for count in (0, 1):
+        with pytest.raises(ValueError, match="integer >= 2"):
+            ngvi.likelihoods.Softmax(num_classes=3, num_mc_samples=count)

@@ -205,7 +205,7 @@ def _fit_and_report(args, p: dict) -> int:
     columns = models.columns(result, meta, X)
     scores = _scores(args.likelihood, labels[test], columns, test)
     report(result, meta["names"], scores)
-    fallen = fell_over_the_fit(result.initial_elbo, result.elbo)
+    fallen = fell_over_the_fit(result.initial_elbo, result.elbo, result.elbo_error)
     if fallen:
         print(f"ngvi fit: warning: {fallen}", file=sys.stderr)
     summary = {

@@ -263,7 +263,7 @@ def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool, data=None) -> F
         warnings.warn(detail, stacklevel=3)
     elif is_one_of(outcome, FitOutcome.stalled, FitOutcome.schedule_ended, FitOutcome.interrupted):
         warnings.warn(f"ngvi.fit stopped after {steps} steps: {message}.", stacklevel=3)
-    fallen = fell_over_the_fit(initial_elbo, final_elbo)
+    fallen = fell_over_the_fit(initial_elbo, final_elbo, error)
     if fallen and not is_one_of(outcome, FitOutcome.failed):
         warnings.warn(f"ngvi.fit: {fallen}", stacklevel=3)
     if data is None and not is_one_of(outcome, FitOutcome.failed):

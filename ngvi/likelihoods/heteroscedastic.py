@@ -40,7 +40,10 @@ class HeteroscedasticGaussian(AbstractMultiLatentLikelihood):
         return -0.5 * (jnp.log(2 * jnp.pi) + mean[:, 1] + squares * precision)
 
     def predictive_moments(self, mean: Matrix, variance: Matrix):
-        """`E[y] = m_0`, `Var[y] = v_0 + E[e^{f_1}] = v_0 + e^{m_1 + v_1 / 2}`."""
+        """`E[y] = m_0`, `Var[y] = v_0 + E[e^{f_1}] = v_0 + e^{m_1 + v_1 / 2}` (from the
+        diagonal when `variance` is a covariance `(n, 2, 2)` per point: the coupled family)."""
+        if variance.ndim == 3:
+            variance = jnp.diagonal(variance, axis1=1, axis2=2)
         return mean[:, 0], variance[:, 0] + jnp.exp(mean[:, 1] + 0.5 * variance[:, 1])
 
     def distribution(self, f: ArrayLike) -> distrax.Distribution:

@@ -34,6 +34,14 @@ class AbstractMultiLatentLikelihood(AbstractLikelihood):
     num_mc_samples: int = eqx.field(default=256, static=True, kw_only=True)
     mc_seed: int = eqx.field(default=0, static=True, kw_only=True)
 
+    def __check_init__(self):
+        count = self.num_mc_samples
+        if isinstance(count, bool) or not isinstance(count, int) or count < 2:
+            raise ValueError(
+                f"`num_mc_samples` must be an integer >= 2 (the ELBO's standard error needs two "
+                f"draws), got {count!r}."
+            )
+
     @property
     @abc.abstractmethod
     def num_latent(self) -> int:
