@@ -6,6 +6,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float
 
 from ._data import as_inputs
+from .fitting.arguments import shape_mismatch
 from .likelihoods import AbstractLikelihood
 
 
@@ -84,12 +85,5 @@ def _q_mismatch(model, q) -> str:
     for form in ("natural", "moments"):
         expected = jax.eval_shape(lambda form=form: model.init_variational(form))
         if type(q) is type(expected):
-            got = [tuple(jnp.shape(p)) for p in q.parameters]
-            want = [tuple(p.shape) for p in expected.parameters]
-            if got == want:
-                return ""
-            return (
-                f"`q` does not fit this model: its parameters have shapes {got}, but this "
-                f"model's {type(q).__name__} has {want} (was `q` fitted on another model?)."
-            )
+            return shape_mismatch(q, expected)
     return f"`q` is a {type(q).__name__}, which is not a posterior family of this model."

@@ -48,11 +48,20 @@ def checked_q(model, optimizer, q):
             f"{type(optimizer).__name__} move a {type(expected).__name__}: start from "
             f"`model.init_variational({optimizer.form!r})`."
         )
+    mismatch = shape_mismatch(q, expected)
+    if mismatch:
+        raise ValueError(mismatch)
+    return q
+
+
+def shape_mismatch(q, expected) -> str:
+    """`""` if `q`'s parameters have the shapes of `expected` (the model's own family, from
+    `jax.eval_shape` of `model.init_variational`); otherwise a sentence naming both."""
     got = [tuple(jnp.shape(p)) for p in q.parameters]
     want = [tuple(p.shape) for p in expected.parameters]
-    if got != want:
-        raise ValueError(
-            f"`q` does not fit this model: its parameters have shapes {got}, but "
-            f"`model.init_variational({optimizer.form!r})` gives {want}."
-        )
-    return q
+    if got == want:
+        return ""
+    return (
+        f"`q` does not fit this model: its parameters have shapes {got}, but this model's "
+        f"{type(expected).__name__} has {want} (was `q` fitted on another model?)."
+    )

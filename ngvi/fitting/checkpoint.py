@@ -138,7 +138,7 @@ class Checkpoint:
             jax.tree.map(lambda b: jnp.zeros((length,), b.dtype), carry.history),
         )
         leaves, treedef = jax.tree.flatten(like)
-        shapes = [(_to_numpy(leaf).shape, _to_numpy(leaf).dtype) for leaf in leaves]
+        shapes = [(x.shape, x.dtype) for x in map(_to_numpy, leaves)]
         if shapes != [(a.shape, a.dtype) for a in arrays]:
             raise LoadError(f"{where}: the fit's state has other shapes or dtypes than its own.")
         loaded = treedef.unflatten(

@@ -224,8 +224,8 @@ def _last_step_fell(loop: Loop, carry: Carry, final_elbo, steps: int) -> bool:
         or not is_one_of(carry.outcome, FitOutcome.converged)
     ):
         return False
-    before = float(np.asarray(carry.history.elbo)[steps - 1])
-    dtype = np.asarray(carry.history.elbo).dtype
+    history = np.asarray(carry.history.elbo)
+    before, dtype = float(history[steps - 1]), history.dtype
     tolerance = float(getattr(loop.strategy, "decrease_tolerance", 0.0))
     margin = max(tolerance, 100 * float(np.finfo(dtype).eps))
     return float(final_elbo) < before - margin * (1.0 + abs(before))

@@ -29,7 +29,10 @@ Matrix = Float[Array, "n C"]
 
 
 class AbstractMultiLatentLikelihood(AbstractLikelihood):
-    """A likelihood of `num_latent` latent functions per point (see the module docstring)."""
+    """A likelihood of `num_latent` latent functions per point (see the module docstring).
+
+    `predictive_moments(mean, variance)` gets variances `(n, C)`, or from the coupled family
+    covariances `(n, C, C)` per point: a closed form must accept both."""
 
     num_mc_samples: int = eqx.field(default=256, static=True, kw_only=True)
     mc_seed: int = eqx.field(default=0, static=True, kw_only=True)
