@@ -176,3 +176,16 @@ def test_monte_carlo_likelihoods_need_two_draws():
     for count in (0, 1):
         with pytest.raises(ValueError, match="integer >= 2"):
             ngvi.likelihoods.Softmax(num_classes=3, num_mc_samples=count)
+
+
+def test_the_elbo_fell_warning_ignores_drift_below_its_resolution():
+    # A dense Softmax natural-gradient fit restarted at its converged q drifted from
+    # -20.718839917 to -20.718839921 (the Monte Carlo curvature's fixed point is not the
+    # fixed-draw ELBO's maximiser; the ELBO's standard error was 0.15) and was told to "try a
+    # smaller lr, or NaturalGradient"; the Adam fit that fell from -34 to -319 must still warn.
+    from ngvi.fitting.diagnosis import fell_over_the_fit
+
+    assert fell_over_the_fit(-20.71883991696363, -20.718839921398846) == ""
+    assert fell_over_the_fit(-20.7, -20.9, error=0.3) == ""  # within the Monte Carlo error
+    assert "fell over the fit" in fell_over_the_fit(-34.42, -319.21)
+    assert "fell over the fit" in fell_over_the_fit(-20.7, -20.9, error=0.05)
