@@ -247,6 +247,52 @@ def test_squared_distances_are_exact_at_coincident_and_far_points():
 
 
 @ALL
+def test_repeated_rows_have_exact_zero_distance_and_a_right_gradient_under_jit(name, getkey):
+    """Under `jit`, XLA fused `x s - x s` into a multiply-add whose result is the rounding
+    error of `x s` (r2 ~ 1e-32, not 0), and a Matérn `sqrt` turned the derivative's rounding
+    into a lengthscale gradient of 258.6 where the truth was -1.18 inside a fit (the fit-level
+    reproducer: `test_hyperparameters_em.py::test_matern12_maximises_...`). The reference
+    here: central differences of the Gram matrix in the log-hyperparameters."""
+    from ngvi.kernels import squared_distances
+
+    X = _inputs(getkey(), 6, 2)
+    X = jnp.concatenate([X, X])  # every row twice
+    weights = jax.random.normal(getkey(), (12, 12))
+
+    def total(theta):
+        kernel = KERNELS[name](jnp.exp(theta[0]), jnp.exp(theta[1:]))
+        return jnp.sum(weights * kernel(X, X))
+
+    theta = jnp.array([0.3, np.log(0.6), np.log(1.4)])
+    gradient = jax.jit(jax.grad(total))(theta)
+    step = 1e-6
+    differences = [
+        (total(theta + step * e) - total(theta - step * e)) / (2 * step) for e in np.eye(3)
+    ]
+    np.testing.assert_allclose(gradient, differences, rtol=1e-6, atol=1e-8)
+    r2 = jax.jit(lambda X, s: squared_distances(X, X, s))(X, jnp.array([0.7, 1.9]))
+    assert np.all(np.diag(r2) == 0.0) and np.all(np.diag(r2, 6) == 0.0)
+
+
+@ALL
+def test_lengthscale_gradient_ignores_an_input_offset(name, getkey):
+    """Reproducer: the derivative's expansion `|a|^2 + |b|^2 - 2 a.b` rounds absolutely, so
+    inputs at 1e8 (timestamps) got a lengthscale gradient of -76 against -5.19 at 0."""
+    X = np.sort(np.asarray(_inputs(getkey(), 20, 1)) * 3.0, axis=0)
+    weights = jax.random.normal(getkey(), (20, 20))
+
+    def gradient(X):
+        def total(log_lengthscale):
+            return jnp.sum(weights * KERNELS[name](1.0, jnp.exp(log_lengthscale))(X, X))
+
+        return jax.jit(jax.grad(total))(jnp.asarray(0.2))
+
+    near, far = gradient(jnp.asarray(X)), gradient(jnp.asarray(X + 1e8))
+    # the inputs at 1e8 hold their differences to 1.5e-8 (their own rounding), no worse
+    np.testing.assert_allclose(far, near, rtol=1e-6)
+
+
+@ALL
 def test_gram_input_gradient_is_finite_at_coincident_points(name, getkey):
     X = _inputs(getkey(), 4, 2)
     g = jax.grad(lambda A: jnp.sum(KERNELS[name](lengthscale=[0.5, 2.0])(A, X)))(X)
