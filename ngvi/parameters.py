@@ -53,5 +53,12 @@ def learnable_filter(tree: PyTree) -> PyTree[bool]:
                 node = node[key.idx]
             elif hasattr(key, "key"):
                 node = node[key.key]
-        flags.append(marked and eqx.is_inexact_array(leaf))
+        if marked and not eqx.is_inexact_array(leaf):
+            raise TypeError(
+                f"The field `{jax.tree_util.keystr(path)}` is declared `learnable()` but holds "
+                f"{leaf!r} ({type(leaf).__name__}), which cannot be learned (it would be left "
+                "as it is, silently): store a floating-point array, e.g. "
+                "`jnp.asarray(value, dtype=float)` in `__init__`."
+            )
+        flags.append(marked)
     return jax.tree_util.tree_unflatten(treedef, flags)

@@ -168,9 +168,10 @@ def test_nothing_to_learn_is_the_plain_fit():
     X = np.random.default_rng(0).standard_normal((20, 2))
     y = (X[:, 0] > 0).astype(float)
     model = ngvi.Model(ngvi.GaussianPrior(jnp.zeros(2), 1.0), ngvi.likelihoods.Probit(), X, y)
-    learned = ngvi.fit(
-        model, ngvi.NaturalGradient(), 20, learn=ngvi.LearnHyperparameters(), progress=False
-    )
+    with pytest.warns(UserWarning, match="selects no hyperparameters"):
+        learned = ngvi.fit(
+            model, ngvi.NaturalGradient(), 20, learn=ngvi.LearnHyperparameters(), progress=False
+        )
     plain = ngvi.fit(model, ngvi.NaturalGradient(), 20, progress=False)
     assert learned.model is model
     np.testing.assert_allclose(learned.elbo, plain.elbo, rtol=1e-12)
@@ -234,3 +235,30 @@ def test_chunked_loop_carries_the_hyperparameters():
     assert chunked.num_steps == whole.num_steps == 60
     np.testing.assert_allclose(chunked.history.elbo, whole.history.elbo, rtol=1e-12)
     assert eqx.tree_equal(chunked.model, whole.model, rtol=1e-12, atol=0)
+
+
+def test_a_learnable_field_holding_a_python_float_is_refused():
+    """Reproducer: `learnable()` kept only floating-point arrays, so a user likelihood whose
+    field held the float 1.0 (or an integer array) was never learned, silently."""
+
+    class NoisyGaussian(ngvi.likelihoods.AbstractLikelihood):
+        noise: float = ngvi.learnable(default=1.0)
+
+        def log_prob(self, f, y):
+            return -0.5 * jnp.log(2 * jnp.pi * self.noise) - (y - f) ** 2 / (2 * self.noise)
+
+    rng = np.random.default_rng(0)
+    X = np.column_stack([np.ones(20), rng.standard_normal(20)])
+    y = X @ np.array([1.0, 2.0]) + 0.3 * rng.standard_normal(20)
+    model = ngvi.Model(ngvi.GaussianPrior(jnp.zeros(2), 4.0), NoisyGaussian(), X, y)
+    with pytest.raises(TypeError, match=r"`\.likelihood\.noise` is declared `learnable\(\)`"):
+        ngvi.fit(model, ngvi.NaturalGradient(), 5, learn=ngvi.LearnHyperparameters())
+    learned = NoisyGaussian(noise=jnp.asarray(1.0))  # as the message says: learned
+    result = ngvi.fit(
+        eqx.tree_at(lambda m: m.likelihood, model, learned),
+        ngvi.NaturalGradient(),
+        200,
+        learn=ngvi.LearnHyperparameters(optax.adam(0.05)),
+        progress=False,
+    )
+    assert float(result.model.likelihood.noise) < 0.5

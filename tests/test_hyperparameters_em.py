@@ -130,6 +130,28 @@ def test_where_and_bad_arguments():
         ngvi.fit_hyperparameters(model, max_steps=-1)
     with pytest.raises(ValueError, match="inner_fraction"):
         ngvi.fit_hyperparameters(model, inner_fraction=1.0)
+    other = _gaussian_model(*_regression_data(30)).init_variational()
+    with pytest.raises(ValueError, match="another model"):
+        ngvi.fit_hyperparameters(model, q=other)  # was a JAX broadcasting error
+    for bad in ({"max_inner_steps": 0}, {"memory_size": 0}, {"gtol": -1e-5}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            ngvi.fit_hyperparameters(model, **bad)
+
+
+def test_one_inner_step_per_re_solve_reaches_the_exact_maximum():
+    """Reproducer: a re-solve returned the best `q` it had evaluated, and the last step's `q`
+    never was, so `max_inner_steps=1` kept the warm start (all sites 0) and "converged" at
+    F = -31.9, the kernel switched off. A Gaussian likelihood's one `lr = 1` step is exact."""
+    X, y = _regression_data(seed=1, noise=0.2)
+    direct = scipy.optimize.minimize(
+        lambda t: -_exact_log_marginal(t, X, y),
+        np.zeros(3),
+        method="L-BFGS-B",
+        options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 10_000},
+    )
+    result = ngvi.fit_hyperparameters(_gaussian_model(X, y), max_inner_steps=1)
+    assert result.converged, result.message
+    assert float(result.elbo) == pytest.approx(-direct.fun, abs=1e-6)
 
 
 def test_inexact_e_steps_reach_the_exactly_re_solved_optimum():

@@ -43,6 +43,7 @@ from ..hyperparameters import LearnHyperparameters, has_learnable
 from ..models import AbstractModel
 from ..optimizers import NaturalGradient
 from ..optimizers.base import AbstractOptimizer
+from .arguments import checked_q
 from .diagnosis import quadrature_warning
 from .lbfgs import direction as _direction, empty_memory, remember as _remember
 from .loop import _all_finite
@@ -141,14 +142,18 @@ def fit_hyperparameters(
     """
     if not isinstance(model, AbstractModel):
         raise TypeError(f"`model` must be an ngvi model, got {type(model).__name__}.")
-    for name, value in (("max_steps", max_steps), ("max_inner_steps", max_inner_steps)):
-        if isinstance(value, bool) or int(value) != value or value < 0:
-            raise ValueError(f"`{name}` must be a non-negative integer, got {value!r}.")
+    counts = (("max_steps", max_steps, 0), ("max_inner_steps", max_inner_steps, 1))
+    for name, value, least in counts + (("memory_size", memory_size, 1),):
+        if isinstance(value, bool) or int(value) != value or value < least:
+            raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
+    for name, value in (("gtol", gtol), ("ftol", ftol), ("inner_tol", inner_tol)):
+        if not float(value) >= 0:
+            raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
     strategy = NaturalGradient(lr=1.0) if strategy is None else strategy
     learned, rest = LearnHyperparameters(where=where).partition(model)
     if not has_learnable(learned):
         raise ValueError("The model has no hyperparameters to learn (`where` selects nothing).")
-    q = model.init_variational(strategy.form) if q is None else q
+    q = model.init_variational(strategy.form) if q is None else checked_q(model, strategy, q)
     problem = model.diagnose(q)
     if problem:
         raise ValueError(problem)
@@ -221,7 +226,15 @@ def _solve(
 
         inf = jnp.asarray(jnp.inf, theta.dtype)
         start = (q, state, jnp.asarray(0), -inf, inf, (q, -inf))
-        _, _, k, _, _, (best, _) = jax.lax.while_loop(running, body, start)
+        last, _, k, _, _, (best, top) = jax.lax.while_loop(running, body, start)
+
+        def with_the_last_step(best):
+            # The budget ran out: the last step's `q` has not been evaluated yet (a budget of
+            # one step returned the warm start unchanged, and "converged" there).
+            better = -negative_elbo(theta, last) > top
+            return jax.tree.map(lambda a, b: jnp.where(better, a, b), last, best)
+
+        best = jax.lax.cond(k >= max_inner, with_the_last_step, lambda best: best, best)
         return best, k
 
     def line_search(theta, q, value, grad, d):

@@ -123,7 +123,12 @@ def _start(model, optimizer, q, state, num_steps, key, batch_size, learn, data):
         learned, fixed = learn.partition(model)
         if has_learnable(learned):
             learned_state = learn.optimizer.init(learned)
-        else:  # nothing selected: the plain loop
+        else:  # nothing selected: the plain loop, said out loud
+            warnings.warn(
+                "ngvi.fit: `learn` selects no hyperparameters of this model (no floating-point "
+                "array in a `learnable()` field, or none under `where`), so nothing is learned.",
+                stacklevel=3,
+            )
             learn, learned, fixed = None, None, model
     minibatches = None if batch_size is None else Minibatches(int(batch_size))
     batches = None if minibatches is None else minibatches.init(model.num_data)
