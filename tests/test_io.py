@@ -1,6 +1,7 @@
 """`ngvi.save` / `ngvi.load`: round trips of every model kind, and one-line errors for files
 that are truncated, corrupted, of another format or version, or need what is not given."""
 
+import hashlib
 import json
 
 import equinox as eqx
@@ -40,7 +41,7 @@ def test_dense_round_trip_with_learned_hyperparameters(tmp_path, dense_result):
     # The learned kernel came back, not the one the model started with.
     assert float(loaded.model.prior.kernel.variance) != 1.5
     header = json.loads(path.read_bytes().split(b"\n")[1])
-    assert header["format"] == "fit-result" and header["version"] == 1
+    assert header["format"] == "fit-result" and header["version"] == 2
     assert header["model"] == "ngvi.models.dense:Model" and header["dtype"] == "float64"
     assert "ngvi.kernels:SquaredExponential" in header["classes"]
     assert {"shape": [1, 30], "dtype": "float64"} in header["arrays"]  # the sites (C, N)
@@ -107,15 +108,43 @@ def _damage(data: bytes, how: str) -> bytes:
         return data[:30] + b"}{" + data[32:]
     if how == "not ngvi":
         return b"\x80\x04" + data
+    if how == "flipped bit in header":  # the kernel variance's array index 10 -> 11
+        line = data[5:header_end]
+        at = line.index(b'"log_variance":{') + len(b'"log_variance":{')
+        at = line.index(b'"array":', at) + len(b'"array":')
+        digit = line[at : at + 2]
+        assert digit.isdigit()
+        line = line[:at] + bytes([digit[0], digit[1] ^ 1]) + line[at + 2 :]
+        return data[:5] + line + data[header_end:]
     if how == "newer version":
         header = json.loads(data[5:header_end])
         header["version"] = 99
-        return data[:5] + json.dumps(header).encode() + data[header_end:]
+        return data[:5] + _signed(header) + data[header_end:]
     if how == "other format":
         header = json.loads(data[5:header_end])
         header["format"] = "checkpoint"
-        return data[:5] + json.dumps(header).encode() + data[header_end:]
+        return data[:5] + _signed(header) + data[header_end:]
     raise AssertionError(how)
+
+
+def test_a_version_1_file_without_a_header_checksum_still_loads(tmp_path, dense_result):
+    path = tmp_path / "model.ngvi"
+    ngvi.save(path, dense_result)
+    data = path.read_bytes()
+    header_end = data.index(b"\n", 5)
+    header = json.loads(data[5:header_end])
+    header.pop("header_sha256")
+    header["version"] = 1
+    path.write_bytes(data[:5] + json.dumps(header).encode() + data[header_end:])
+    _assert_same_result(ngvi.load(path), dense_result, jnp.linspace(-3.0, 3.0, 7))
+
+
+def _signed(header: dict) -> bytes:
+    """The header line as the format documents it: JSON, then as its last field the SHA-256
+    of the line's bytes up to that field (closed by `}`)."""
+    header.pop("header_sha256")
+    line = json.dumps(header, separators=(",", ":")).encode()
+    return line[:-1] + b',"header_sha256":"' + hashlib.sha256(line).hexdigest().encode() + b'"}'
 
 
 @pytest.mark.parametrize(
@@ -125,6 +154,7 @@ def _damage(data: bytes, how: str) -> bytes:
         ("truncated header", "truncated"),
         ("corrupted", "corrupted"),
         ("corrupted header", "header is corrupted"),
+        ("flipped bit in header", "header does not match its checksum"),
         ("not ngvi", "not an ngvi file"),
         ("newer version", "version 99"),
         ("other format", "'checkpoint' file"),

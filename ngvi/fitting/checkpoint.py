@@ -39,7 +39,7 @@ from ..serialisation.tree import describe
 from .loop import Carry, Loop
 from .outcome import FitOutcome, is_one_of
 
-FORMAT, VERSION = "checkpoint", 1
+FORMAT, VERSION = "checkpoint", 2
 _PARTS = {
     "model": "the model (its class, data or hyperparameters)",
     "strategy": "the strategy",

@@ -5,7 +5,9 @@ A file is three parts:
 1. the line `NGVI\\n`;
 2. a header: one line of JSON with the format (`"fit-result"`, `"checkpoint"`), its version,
    the version of ngvi that wrote it, the shapes and dtypes of the arrays, and the length and
-   SHA-256 of the payload, plus what the format adds (the tree description, the classes);
+   SHA-256 of the payload, plus what the format adds (the tree description, the classes), and
+   last the SHA-256 of the header itself (from format version 2; version 1 files, which lack
+   it, are still read);
 3. the payload: the arrays, written by `eqx.tree_serialise_leaves` (NumPy's `.npy` format,
    read back with `allow_pickle=False`).
 
@@ -74,7 +76,24 @@ def encode(header: dict, arrays: list[np.ndarray]) -> bytes:
     header["arrays"] = [{"shape": list(a.shape), "dtype": a.dtype.name} for a in arrays]
     header["payload"] = {"bytes": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
     line = json.dumps(header, separators=(",", ":")).encode()
-    return MAGIC + line + b"\n" + payload
+    # The header's own checksum, over its bytes up to this last field: a flipped bit in the
+    # tree description, a plain value or an array index is corruption too, not a model.
+    signed = line[:-1] + b',"header_sha256":"' + hashlib.sha256(line).hexdigest().encode() + b'"}'
+    return MAGIC + signed + b"\n" + payload
+
+
+HEADER_CHECKSUM_SINCE = 2
+"""The format version (of both formats) from which the header carries its own checksum."""
+
+
+def _header_is_intact(line: bytes) -> bool:
+    """Whether `line` ends with `,"header_sha256":"<hex>"}` over the bytes before it."""
+    field = b',"header_sha256":"'
+    at = line.rfind(field)
+    digest = line[at + len(field) : -2]
+    if at < 0 or not line.endswith(b'"}'):
+        return False
+    return hashlib.sha256(line[:at] + b"}").hexdigest().encode() == digest
 
 
 def decode(path, kind: str, version: int) -> tuple[dict, list[np.ndarray]]:
@@ -100,6 +119,8 @@ def decode(path, kind: str, version: int) -> tuple[dict, list[np.ndarray]]:
         expected = header["payload"]
     except (ValueError, KeyError, TypeError):
         fail("its header is corrupted")
+    if written >= HEADER_CHECKSUM_SINCE and not _header_is_intact(data[len(MAGIC) : end]):
+        fail("the file is corrupted (its header does not match its checksum)")
     if found != kind:
         fail(f"it is a {found!r} file, not a {kind!r} file")
     if written > version:

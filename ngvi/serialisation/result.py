@@ -8,7 +8,7 @@ from ..fitting.result import FitResult
 from .container import LoadError, atomic_write, decode, encode
 from .tree import TreeError, class_name, classes_in, describe, rebuild
 
-FORMAT, VERSION = "fit-result", 1
+FORMAT, VERSION = "fit-result", 2
 
 
 def save(path: str | os.PathLike, result: FitResult, *, metadata: dict | None = None) -> None:
