@@ -189,3 +189,55 @@ def test_the_elbo_fell_warning_ignores_drift_below_its_resolution():
     assert fell_over_the_fit(-20.7, -20.9, error=0.3) == ""  # within the Monte Carlo error
     assert "fell over the fit" in fell_over_the_fit(-34.42, -319.21)
     assert "fell over the fit" in fell_over_the_fit(-20.7, -20.9, error=0.05)
+
+
+def _poisson_regression_optimum(X, y, prior_variance):
+    """The exact ELBO of a Poisson log-linear model with `w ~ N(0, s I)` and
+    `q(w) = N(m, L L^T)`, in closed form (`E exp(x^T w) = exp(x^T m + x^T S x / 2)`),
+    maximised by scipy: `(ELBO, m)`."""
+    import scipy.optimize
+    from scipy.special import gammaln
+
+    d = X.shape[1]
+    rows, cols = np.tril_indices(d)
+
+    def negative_elbo(theta):
+        m, L = theta[:d], np.zeros((d, d))
+        L[rows, cols] = theta[d:]
+        S = L @ L.T
+        mean, variance = X @ m, np.einsum("nd,de,ne->n", X, S, X)
+        expected = y * mean - np.exp(mean + 0.5 * variance) - gammaln(y + 1)
+        kl = 0.5 * (
+            np.trace(S) / prior_variance
+            + m @ m / prior_variance
+            - d
+            + d * np.log(prior_variance)
+            - 2 * np.sum(np.log(np.abs(np.diag(L))))
+        )
+        return -(np.sum(expected) - kl)
+
+    start = np.concatenate(
+        [np.linalg.lstsq(X, np.log(y + 0.5), rcond=None)[0], 0.05 * np.eye(d)[rows, cols]]
+    )
+    best = scipy.optimize.minimize(
+        negative_elbo, start, method="BFGS", options={"gtol": 1e-9, "maxiter": 10_000}
+    )
+    return -best.fun, best.x[:d]
+
+
+@pytest.mark.parametrize("strategy", [ngvi.NaturalGradient(lr=1.0), ngvi.GaussNewton(lr=1.0)])
+def test_a_step_to_a_non_finite_elbo_retreats_instead_of_failing(strategy):
+    """Reproducer: counts of ~500 from a zero prior mean: `lr = 1`'s second step put the
+    rate at exp(423), the ELBO at -inf, and `fit` raised "failed after 1 steps" although the
+    step's own retreat (half the step from the point before) recovers."""
+    rng = np.random.default_rng(0)
+    X = np.column_stack([np.ones(30), rng.standard_normal(30)])
+    y = rng.poisson(500 * np.exp(0.3 * X[:, 1])).astype(float)
+    model = ngvi.Model(ngvi.GaussianPrior(np.zeros(2), 10.0), ngvi.likelihoods.Poisson(), X, y)
+    result = ngvi.fit(model, strategy, 300, progress=False)
+    assert result.converged, result.message
+    assert not np.all(np.isfinite(np.asarray(result.history.elbo)))  # it did overshoot
+    optimum, mean = _poisson_regression_optimum(X, y, 10.0)
+    assert float(result.elbo) == pytest.approx(optimum, abs=1e-6)
+    weights_mean, _ = model.posterior(result.q)
+    np.testing.assert_allclose(np.ravel(weights_mean), mean, rtol=1e-5, atol=1e-6)

@@ -57,7 +57,11 @@ class Loop(eqx.Module):
         history = jax.tree.map(
             lambda buffer, value: buffer.at[s].set(value.astype(buffer.dtype)), c.history, info
         )
-        bad_input = ~jnp.isfinite(info.elbo)  # the q this step started from was already bad
+        # The q this step started from was already bad, unless the strategy went back from it
+        # (full batch, fixed hyperparameters: the point before it is still valid).
+        recovers = self.strategy.retreats_from_non_finite and self.learn is None and batch is None
+        overshot = recovers & (s > 0) & (info.elbo == -jnp.inf)
+        bad_input = ~jnp.isfinite(info.elbo) & ~overshot
         failed = bad_input | ~_all_finite((q, state, learned, learned_state))
         outcome = FitOutcome.where(
             failed, FitOutcome.failed, self.strategy.terminate(history, s, tol)

@@ -56,7 +56,8 @@ def converged_within(
     threshold = jnp.maximum(tol, 100 * jnp.finfo(elbo.dtype).eps) * (1.0 + jnp.abs(elbo[t]))
     small = change <= threshold * rho
     moving = rho > vanishing_step_size(elbo.dtype)
-    return (tol > 0) & (t >= span - 1) & jnp.all(small & moving)
+    finite = jnp.isfinite(recent) & jnp.isfinite(earlier)  # a retreat from an overshoot
+    return (tol > 0) & (t >= span - 1) & jnp.all(small & moving & finite)
 
 
 def vanishing_step_size(dtype) -> float:

@@ -46,7 +46,8 @@ class AbstractNaturalStep(AbstractOptimizer):
     precision floor) and one more: *retreat*. If the ELBO of `q` is below that of the point the
     previous step moved from by more than `decrease_tolerance * (1 + |ELBO|)`, the step is
     taken again from that point with half the trust (the step size is `trust * rho`; full-batch
-    steps only, since a minibatch ELBO is a noisy estimate) and at most half the step size the
+    steps only, since a minibatch ELBO is a noisy estimate; an ELBO of `-inf` after a finite
+    one retreats too) and at most half the step size the
     rejected step accepted, so a retreat never proposes the rejected point again (had backoff
     shortened the rejected step, halving the trust alone could back off to that same point, and
     its repeated ELBO would pass for convergence); each accepted step grows the trust by a
@@ -69,6 +70,7 @@ class AbstractNaturalStep(AbstractOptimizer):
         if self.max_backoffs < 0:
             raise ValueError(f"`max_backoffs` must be >= 0, got {self.max_backoffs}.")
 
+    retreats_from_non_finite: ClassVar[bool] = True
     draws_samples: ClassVar[bool] = True
     """Whether `statistics` draws random numbers from `key` (then they are computed over the
     whole batch at once, never chunk by chunk)."""
@@ -121,7 +123,11 @@ class AbstractNaturalStep(AbstractOptimizer):
         resolution = 100 * jnp.finfo(dtype).eps  # the ELBO's rounding
         margin = jnp.maximum(self.decrease_tolerance, resolution) * (1.0 + jnp.abs(state.elbo))
         # A minibatch ELBO is a noisy estimate on a different batch each step: no retreat.
-        retreat = (elbo < state.elbo - margin) & (batch is None)
+        # An ELBO of -inf after a finite one is an overshoot too (Poisson counts of ~500 from
+        # a zero prior mean: lr = 1's second step put the rate at exp(423)). NaN is not: it is
+        # a fault (of a likelihood, a kernel), and the fit ends on it.
+        overshot = (elbo == -jnp.inf) & jnp.isfinite(state.elbo)
+        retreat = (overshot | (elbo < state.elbo - margin)) & (batch is None)
         here = Retreat(q, target, elbo, mean, jnp.minimum(1.25 * state.trust, 1.0), state.step_size)
         back = Retreat(
             state.q, state.target, state.elbo, state.mean, 0.5 * state.trust, state.step_size
