@@ -84,6 +84,54 @@ result = ngvi.fit(model, ngvi.NaturalGradient(lr=0.5), {steps}, learn=learn, tol
 """
 
 
+def test_what_functions_close_over_is_part_of_the_fingerprint(tmp_path):
+    """Reproducers: functions were compared by name only, so a `ParametricModel` whose
+    log-likelihood closes over other labels, and an optax learner or schedule with another
+    learning rate, resumed a checkpoint and returned a posterior of neither fit."""
+    import jax.numpy as jnp
+    import numpy as np
+
+    X = jnp.asarray(np.random.default_rng(0).normal(size=(50, 2)))
+
+    def logistic(labels):
+        def log_likelihood(w):
+            f = X @ w
+            return jnp.sum(labels * jax.nn.log_sigmoid(f) + (1 - labels) * jax.nn.log_sigmoid(-f))
+
+        return log_likelihood
+
+    labels = (X[:, 0] > 0) * 1.0
+    prior = ngvi.GaussianPrior(jnp.zeros(2), jnp.eye(2))
+    kwargs = dict(progress=False, tol=0.0)
+    path = tmp_path / "parametric.ckpt"
+    ngvi.fit(
+        ngvi.ParametricModel(prior, logistic(labels)), ngvi.BLR(), 3, checkpoint=path, **kwargs
+    )
+    with pytest.raises(ngvi.LoadError, match="the model .* differs"):
+        model = ngvi.ParametricModel(prior, logistic(1 - labels))
+        ngvi.fit(model, ngvi.BLR(), 6, checkpoint=path, **kwargs)
+
+
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
+def test_an_optax_learning_rate_is_part_of_the_fingerprint(tmp_path):
+    """The optax half of the reproducer above: a learner and a schedule with another
+    learning rate resumed, and the result matched neither configuration."""
+    kwargs = dict(progress=False, tol=0.0)
+    model = tutorial_model()
+    path = tmp_path / "learn.ckpt"
+    learn = ngvi.LearnHyperparameters(optax.adam(1e-2))
+    ngvi.fit(model, ngvi.NaturalGradient(), 3, learn=learn, checkpoint=path, **kwargs)
+    with pytest.raises(ngvi.LoadError, match="differs"):
+        faster = ngvi.LearnHyperparameters(optax.adam(1e-1))
+        ngvi.fit(model, ngvi.NaturalGradient(), 6, learn=faster, checkpoint=path, **kwargs)
+    path = tmp_path / "schedule.ckpt"
+    schedule = optax.linear_schedule(1.0, 0.1, 20)
+    ngvi.fit(model, ngvi.NaturalGradient(lr=schedule), 3, checkpoint=path, **kwargs)
+    with pytest.raises(ngvi.LoadError, match="the strategy differs"):
+        other = ngvi.NaturalGradient(lr=optax.linear_schedule(0.2, 0.1, 20))
+        ngvi.fit(model, other, 6, checkpoint=path, **kwargs)
+
+
 @pytest.mark.slow
 def test_sigkill_mid_fit_then_resume_matches_an_uninterrupted_fit(tmp_path):
     steps = 1000

@@ -17,7 +17,8 @@ every array: data, hyperparameters), the strategy, the hyperparameter learner, t
 the starting `q` and key, and `tol`. A checkpoint whose fingerprint differs from the current
 call's is refused with a `ngvi.LoadError` that names what differs; `num_steps` may change
 (the history is carried over), as long as the checkpoint is not beyond it. Functions (an optax
-schedule, a learner's optimizer) enter the fingerprint by name only.
+schedule, a learner's optimizer, a `ParametricModel`'s log-likelihood) enter the fingerprint by
+name and by what they close over and their defaults (`serialisation.tree._closed_over`).
 """
 
 import json

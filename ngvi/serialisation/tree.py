@@ -61,11 +61,40 @@ def describe(tree, arrays: list | None, where: str = "result"):
     if isinstance(tree, type):
         return {"class": class_name(tree)}
     if isinstance(tree, (types.FunctionType, types.BuiltinFunctionType, types.MethodType)):
-        return {"function": getattr(tree, "__qualname__", repr(tree))}
+        spec = {"function": getattr(tree, "__qualname__", repr(tree))}
+        if arrays is None and isinstance(tree, types.FunctionType):
+            spec.update(_closed_over(tree, where))
+        return spec
     if arrays is None:  # a fingerprint: the type's name is all that is stable across processes
         return {"object": class_name(type(tree))}
     raise TreeError(f"cannot save {where}: a {type(tree).__name__} is not a module, an array "
                     "or a plain value")  # fmt: skip
+
+
+_describing: set[int] = set()  # the functions being described, against reference cycles
+
+
+def _closed_over(function, where) -> dict:
+    """For a fingerprint: what `function` closes over and its defaults, described in turn (a
+    `ParametricModel`'s log-likelihood holds its data there, an optax optimizer its learning
+    rate and schedule: compared by name only, a checkpoint resumed on other data or another
+    learning rate)."""
+    if id(function) in _describing:
+        return {"recursive": True}
+    _describing.add(id(function))
+    try:
+        cells = []
+        for cell in function.__closure__ or ():
+            try:
+                contents = cell.cell_contents
+            except ValueError:  # a cell not yet filled
+                cells.append({"value": None})
+                continue
+            cells.append(describe(contents, None, f"{where}.<closure>"))
+        defaults = describe(tuple(function.__defaults__ or ()), None, f"{where}.<defaults>")
+        return {"closure": cells, "defaults": defaults}
+    finally:
+        _describing.discard(id(function))
 
 
 def _describe_array(original, arrays, where):
