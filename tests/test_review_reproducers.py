@@ -241,3 +241,31 @@ def test_a_step_to_a_non_finite_elbo_retreats_instead_of_failing(strategy):
     assert float(result.elbo) == pytest.approx(optimum, abs=1e-6)
     weights_mean, _ = model.posterior(result.q)
     np.testing.assert_allclose(np.ravel(weights_mean), mean, rtol=1e-5, atol=1e-6)
+
+
+def test_a_step_size_collapsed_by_retreats_is_said_out_loud():
+    """Reproducer: a two-component Gaussian mixture (not log-concave) at 20 quadrature nodes:
+    every step overshot and retreated, the step size fell to 3e-11 and the fit ended 110
+    nats below the optimum as a plain `max_steps`, whose advice is to raise `num_steps`."""
+    import jax.numpy as jnp
+
+    class Mixture(ngvi.likelihoods.AbstractLikelihood):
+        def log_prob(self, f, y):
+            narrow = jnp.log(0.9) - 0.5 * jnp.log(2 * jnp.pi * 0.04) - (y - f) ** 2 / 0.08
+            wide = jnp.log(0.1) - 0.5 * jnp.log(2 * jnp.pi * 25.0) - (y - f) ** 2 / 50.0
+            return jnp.logaddexp(narrow, wide)
+
+    rng = np.random.default_rng(2)
+    X = np.column_stack([np.ones(30), rng.standard_normal(30)])
+    y = X @ np.array([0.5, 1.0]) + 0.2 * rng.standard_normal(30)
+    y[[3, 10, 20]] += [5.0, -6.0, 7.0]
+    prior = ngvi.GaussianPrior(np.zeros(2), 4.0)
+    coarse = ngvi.Model(prior, Mixture(), X, y)
+    with pytest.warns(UserWarning, match="step size collapsed to .* more steps will not help"):
+        stuck = ngvi.fit(coarse, ngvi.NaturalGradient(lr=1.0), 200, progress=False)
+    assert not stuck.converged
+    fine = ngvi.Model(prior, Mixture(num_quadrature_points=60), X, y)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no collapse, no quadrature warning
+        result = ngvi.fit(fine, ngvi.NaturalGradient(lr=1.0), 200, progress=False)
+    assert result.converged and float(result.elbo) > float(stuck.elbo) + 100

@@ -73,3 +73,23 @@ def fell_over_the_fit(initial_elbo, final_elbo, error=0.0) -> str:
         "worse than the one the fit started from. The step size is likely too large for this "
         "problem: try a smaller `lr` (or `NaturalGradient`, whose steps are safeguarded)."
     )
+
+
+def collapsed_step_size(history, steps: int) -> str:
+    """A sentence when a fit that ran out of steps (`max_steps`) ended with its accepted step
+    size below `1e-6` of the scheduled one after backoffs or retreats: its steps overshoot
+    wherever they go, so the advice "raise `num_steps`" would not help; `""` otherwise."""
+    if steps < 1:
+        return ""
+    taken = float(history.step_size[steps - 1])
+    scheduled = float(history.scheduled_step_size[steps - 1])
+    retreated = int(np.sum(np.asarray(history.num_backoffs[max(0, steps - 10) : steps]))) > 0
+    if not (retreated and 0 <= taken < 1e-6 * scheduled):
+        return ""
+    return (
+        f"the step size collapsed to {taken:.2g} (scheduled {scheduled:.2g}) by backoffs and "
+        "retreats: every step overshoots, so more steps will not help. The likelihood's "
+        "expected gradient and curvature disagree with its ELBO (its quadrature is too coarse "
+        "at these marginals: raise `num_quadrature_points`), or the likelihood is not "
+        "log-concave (try `psd_correction=True` or `GaussNewton`), or `lr` is too large."
+    )

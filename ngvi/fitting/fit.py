@@ -19,7 +19,12 @@ from ..streaming import Feeder, Stream, check_stream, placeholder_batch
 from .arguments import check_arguments, checked_q
 from .batches import Minibatches, StreamedBatches
 from .checkpoint import Checkpoint
-from .diagnosis import describe_failure, fell_over_the_fit, quadrature_warning
+from .diagnosis import (
+    collapsed_step_size,
+    describe_failure,
+    fell_over_the_fit,
+    quadrature_warning,
+)
 from .loop import Carry, Loop, run_chunk
 from .outcome import FitOutcome, is_one_of
 from .progress import Progress
@@ -268,6 +273,8 @@ def _finish(loop: Loop, carry: Carry, initial_elbo, throw: bool, data=None) -> F
         warnings.warn(detail, stacklevel=3)
     elif is_one_of(outcome, FitOutcome.stalled, FitOutcome.schedule_ended, FitOutcome.interrupted):
         warnings.warn(f"ngvi.fit stopped after {steps} steps: {message}.", stacklevel=3)
+    elif collapsed := collapsed_step_size(carry.history, steps):
+        warnings.warn(f"ngvi.fit ran out of steps: {collapsed}", stacklevel=3)
     fallen = fell_over_the_fit(initial_elbo, final_elbo, error)
     if fallen and not is_one_of(outcome, FitOutcome.failed):
         warnings.warn(f"ngvi.fit: {fallen}", stacklevel=3)
