@@ -72,18 +72,30 @@ class Poisson(AbstractLikelihood):
         return 0.0 if self.exposure is None else jnp.log(self.exposure)
 
     def log_prob(self, f: ArrayLike, y: ArrayLike) -> Array:
-        log_rate = f + self._log_exposure()
-        return y * log_rate - jnp.exp(log_rate) - gammaln(y + 1.0)
+        return self.expected_log_prob(y, f, jnp.zeros_like(f))
 
     def expected_log_prob(self, y: Vector, mean: Vector, variance: Vector) -> Vector:
-        log_rate = mean + self._log_exposure()
-        return y * log_rate - jnp.exp(log_rate + variance / 2) - gammaln(y + 1.0)
+        """In deviance form: with `u = m + log e + v/2 - log y`, so that `e lambda = y e^u`,
+
+            E_q[log p] = -y (e^u - 1 - u) - y v/2 + c(y),   c(y) = y log y - y - log y!
+
+        (for `y = 0`: `-e lambda`). The three terms of the plain form are each of the size of
+        `y log y` and cancel to O(1): at counts of ~1e6 in float32 that cost 0.3 nats over
+        30 points. Here each term is O(1) (`c(y) ~ -log(2 pi y) / 2`) and `e^u - 1 - u` is
+        `expm1(u) - u`."""
+        log_y = jnp.log(jnp.where(y > 0, y, 1.0))
+        u = mean + self._log_exposure() + variance / 2 - log_y
+        positive = -y * (jnp.expm1(u) - u) - y * variance / 2 + _stirling_gap(y)
+        return jnp.where(y > 0, positive, -jnp.exp(u))
 
     def expected_derivatives(
         self, y: Vector, mean: Vector, variance: Vector
     ) -> tuple[Vector, Vector, Vector]:
         rate = jnp.exp(mean + self._log_exposure() + variance / 2)
-        return self.expected_log_prob(y, mean, variance), y - rate, -rate
+        log_y = jnp.log(jnp.where(y > 0, y, 1.0))
+        u = mean + self._log_exposure() + variance / 2 - log_y
+        gradient = jnp.where(y > 0, -y * jnp.expm1(u), -rate)  # y - e lambda, no cancellation
+        return self.expected_log_prob(y, mean, variance), gradient, -rate
 
     def gauss_newton_derivatives(
         self, y: Vector, mean: Vector, variance: Vector
@@ -96,3 +108,17 @@ class Poisson(AbstractLikelihood):
     def predictive_moments(self, mean: Vector, variance: Vector) -> tuple[Vector, Vector]:
         y_mean = jnp.exp(mean + variance / 2)
         return y_mean, y_mean + jnp.expm1(variance) * y_mean**2
+
+
+def _stirling_gap(y: Vector) -> Vector:
+    """`c(y) = y log y - y - log Gamma(y + 1)` without the cancellation of its terms: for
+    `y >= 10` from Stirling's series, `-log(2 pi y)/2 - 1/(12 y) + 1/(360 y^3) - 1/(1260 y^5)`
+    (the next term, `1/(1680 y^7)`, is below 1e-10); below that directly (terms under 25)."""
+    large = jnp.maximum(y, 10.0)
+    inverse = 1.0 / large
+    series = -0.5 * jnp.log(2 * jnp.pi * large) - inverse * (
+        1 / 12 - inverse**2 * (1 / 360 - inverse**2 / 1260)
+    )
+    small = jnp.minimum(y, 10.0)
+    direct = small * jnp.log(jnp.where(small > 0, small, 1.0)) - small - gammaln(small + 1.0)
+    return jnp.where(y >= 10.0, series, direct)
