@@ -203,3 +203,20 @@ def test_refuses_what_it_cannot_save(tmp_path, dense_result):
     odd = eqx.tree_at(lambda r: r.model.likelihood, dense_result, object(), is_leaf=None)
     with pytest.raises(ValueError, match="cannot save result.model.likelihood"):
         ngvi.save(tmp_path / "x.ngvi", odd)
+
+
+def test_save_names_the_target_and_the_metadata_it_cannot_keep(tmp_path, dense_result):
+    """Reproducers: a missing folder and a folder as the target failed naming the temporary
+    file (`'.x.ngvi.h0hghyv3.tmp'`); a NumPy scalar in `metadata` raised json's TypeError
+    after the work, and a key `1` came back as `'1'`."""
+    missing = tmp_path / "missing" / "x.ngvi"
+    with pytest.raises(ValueError, match=r"x\.ngvi.*folder .*missing.* does not exist"):
+        ngvi.save(missing, dense_result)
+    with pytest.raises(ValueError, match="it is a folder"):
+        ngvi.save(tmp_path, dense_result)
+    path = tmp_path / "x.ngvi"
+    with pytest.raises(ValueError, match=r"metadata\['s'\].*plain Python"):
+        ngvi.save(path, dense_result, metadata={"s": np.float32(2)})
+    with pytest.raises(ValueError, match="keys must be strings"):
+        ngvi.save(path, dense_result, metadata={1: (1, 2)})
+    assert not path.exists() and not list(tmp_path.glob(".*tmp"))

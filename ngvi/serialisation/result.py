@@ -1,6 +1,8 @@
 """`ngvi.save` and `ngvi.load`: a fitted `FitResult` to a file and back."""
 
+import json
 import os
+from pathlib import Path
 
 import jax
 
@@ -52,6 +54,8 @@ def save(path: str | os.PathLike, result: FitResult, *, metadata: dict | None = 
     """
     if not isinstance(result, FitResult):
         raise TypeError(f"`ngvi.save` takes a FitResult, got {type(result).__name__}.")
+    _check_target(Path(path))
+    _check_metadata(metadata)
     model = result.model
     if getattr(model, "sharding", None) is not None:  # gather the rows; load on one device
         model = _replaced(model, sharding=None)
@@ -133,3 +137,31 @@ def _ngvi_version() -> str:
     from .. import __version__
 
     return __version__
+
+
+def _check_target(path: Path) -> None:
+    """Refuse, naming `path`, what the atomic write would fail on naming its temporary file."""
+    if path.is_dir():
+        raise ValueError(f"cannot save to {str(path)!r}: it is a folder; give a file name.")
+    if not path.parent.is_dir():
+        folder = str(path.parent)
+        raise ValueError(f"cannot save to {str(path)!r}: the folder {folder!r} does not exist.")
+
+
+def _check_metadata(metadata) -> None:
+    """Refuse metadata that would not come back as given: keys that are not strings (JSON
+    turns `1` into `"1"`) and values JSON cannot hold (a NumPy scalar)."""
+    if metadata is None:
+        return
+    if not isinstance(metadata, dict):
+        raise TypeError(f"`metadata` must be a dict, got {type(metadata).__name__}.")
+    for key, value in metadata.items():
+        if not isinstance(key, str):
+            raise ValueError(f"`metadata` keys must be strings, got {key!r}.")
+        try:
+            json.dumps(value, allow_nan=True)
+        except (TypeError, ValueError) as error:
+            raise ValueError(
+                f"`metadata[{key!r}]` cannot be saved as JSON ({error}); convert it to plain "
+                "Python values (e.g. `float(x)`, `x.tolist()`)."
+            ) from None
