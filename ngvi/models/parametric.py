@@ -49,7 +49,12 @@ class ParametricModel(AbstractModel):
     - `family`: `"full"` (default) or `"mean-field"`.
     - `num_elbo_samples`: Monte Carlo samples for `elbo` (default 2048).
     - `elbo_seed`: the fixed seed of `elbo`'s samples, so that `elbo` is a deterministic
-      function of `q` (common random numbers across steps).
+      function of `q` (common random numbers across steps). `Adam` differentiates this
+      fixed-sample `elbo`, so it converges to the optimum of that sample average, not of the
+      exact ELBO (measured on a 40-point logistic regression: 1.8e-3 nats and 3% of a
+      posterior standard deviation off with 2048 samples, 0.033 nats with 256); raise
+      `num_elbo_samples` for a closer Adam optimum, or use `BLR`, whose fresh draws every step
+      average out (with a decaying `lr`).
 
     **Raises:** `ValueError` before compilation if `prior` is not a `GaussianPrior`,
     `log_likelihood` is not callable, or it does not map a `(D,)` vector to a scalar.
