@@ -82,6 +82,8 @@ def prepare_data(likelihood, X, y, weights=None) -> Data:
             raise ValueError(f"`weights` must have shape {targets.shape}; got {weights.shape}.")
         if np.any(weights < 0):
             raise ValueError("`weights` must be non-negative.")
+        if not np.any(weights > 0):  # no data: any hyperparameters "converge"
+            raise ValueError("`weights` are all 0: at least one point must carry weight.")
         weights = jnp.asarray(weights, dtype)
     return Data(jnp.asarray(inputs, dtype), jnp.asarray(targets, dtype), weights)
 

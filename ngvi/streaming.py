@@ -44,12 +44,16 @@ class Stream:
     """
 
     def __init__(self, X, y, *, prefetch: int = 2):
+        # Lists are read into memory (rows of a list cannot be taken by an index array);
+        # arrays and memory maps are kept as they are and read batch by batch.
+        X, y = (np.asarray(a) if isinstance(a, (list, tuple)) else a for a in (X, y))
         if np.ndim(X) != 2:
             raise ValueError(f"`X` must have shape (N, d); got shape {np.shape(X)}.")
-        if np.ndim(y) != 1 or np.shape(y)[0] != np.shape(X)[0]:
+        column = np.ndim(y) == 2 and np.shape(y)[1] == 1  # (N, 1), as in-memory models take
+        if not (np.ndim(y) == 1 or column) or np.shape(y)[0] != np.shape(X)[0]:
             raise ValueError(f"`y` must have shape ({np.shape(X)[0]},); got {np.shape(y)}.")
-        if int(prefetch) < 1:
-            raise ValueError(f"`prefetch` must be a positive integer, got {prefetch}.")
+        if isinstance(prefetch, bool) or int(prefetch) != prefetch or prefetch < 1:
+            raise ValueError(f"`prefetch` must be a positive integer, got {prefetch!r}.")
         self.X, self.y, self.prefetch = X, y, int(prefetch)
 
     def __len__(self) -> int:
@@ -67,7 +71,8 @@ class Stream:
         inverse = np.empty_like(order)
         inverse[order] = np.arange(order.size)
         sorted_rows = np.asarray(indices)[order]
-        X, y = np.asarray(self.X[sorted_rows])[inverse], np.asarray(self.y[sorted_rows])[inverse]
+        X = np.asarray(self.X[sorted_rows])[inverse]
+        y = np.asarray(self.y[sorted_rows]).reshape(-1)[inverse]
         try:
             X, y = _checked(likelihood, X, y)
         except ValueError as error:

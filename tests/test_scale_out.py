@@ -310,3 +310,24 @@ def test_stream_arguments_are_checked():
     bad[:] = 5.0
     with pytest.raises(ValueError, match="In a batch of the stream"):
         ngvi.fit(empty, strategy, 3, batch_size=100, data=ngvi.Stream(X, bad), progress=False)
+
+
+def test_a_stream_takes_lists_and_column_targets_like_an_in_memory_model():
+    """Reproducers: `Stream(X.tolist(), y.tolist())` failed inside the fit with NumPy's "only
+    integer scalar arrays can be converted", `(N, 1)` targets were refused (in-memory models
+    take them) and `prefetch=1.5` was truncated to 1."""
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 2))
+    y = (X[:, 0] > 0).astype(float)
+    Z = X[:8]
+    kernel = ngvi.kernels.SquaredExponential()
+    empty = ngvi.SparseModel(
+        ngvi.GPPrior(kernel), ngvi.likelihoods.Probit(), inducing=Z, num_data=200
+    )
+    options = dict(batch_size=50, key=jax.random.PRNGKey(1), progress=False, tol=0.0)
+    reference = ngvi.fit(empty, ngvi.NaturalGradient(), 6, data=ngvi.Stream(X, y), **options)
+    for stream in (ngvi.Stream(X.tolist(), y.tolist()), ngvi.Stream(X, y[:, None])):
+        result = ngvi.fit(empty, ngvi.NaturalGradient(), 6, data=stream, **options)
+        np.testing.assert_array_equal(result.q.parameters[0], reference.q.parameters[0])
+    with pytest.raises(ValueError, match="`prefetch` must be a positive integer, got 1.5"):
+        ngvi.Stream(X, y, prefetch=1.5)

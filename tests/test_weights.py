@@ -95,6 +95,8 @@ def test_weights_are_checked():
         _gp_model(X, y, np.ones(9))
     with pytest.raises(ValueError, match="NaN/inf"):
         _gp_model(X, y, np.full(10, np.nan))
+    with pytest.raises(ValueError, match="all 0"):  # no data: any hyperparameters "converged"
+        _gp_model(X, y, np.zeros(10))
 
 
 class _Compilations(logging.Handler):
