@@ -84,6 +84,15 @@ result = ngvi.fit(model, ngvi.NaturalGradient(lr=0.5), {steps}, learn=learn, tol
 """
 
 
+def test_a_float64_checkpoint_resumed_in_float32_names_the_dtype(tmp_path):
+    """Reproducer: it said "the model (its class, data or hyperparameters) differs"."""
+    path = tmp_path / "fit.ckpt"
+    ngvi.fit(tutorial_model(), ngvi.NaturalGradient(), 2, checkpoint=path, progress=False)
+    with jax.enable_x64(False):
+        with pytest.raises(ngvi.LoadError, match="holds a float64 fit .* float32 .*x64"):
+            ngvi.fit(tutorial_model(), ngvi.NaturalGradient(), 4, checkpoint=path, progress=False)
+
+
 def test_what_functions_close_over_is_part_of_the_fingerprint(tmp_path):
     """Reproducers: functions were compared by name only, so a `ParametricModel` whose
     log-likelihood closes over other labels, and an optax learner or schedule with another

@@ -116,6 +116,7 @@ class Checkpoint:
             "format": FORMAT,
             "version": VERSION,
             "step": int(carry.step),
+            "dtype": str(carry.q.parameters[0].dtype),
             "history_length": int(carry.history.elbo.shape[0]),
             "fingerprint": self.fingerprint,
             "summary": self.summary,
@@ -131,6 +132,12 @@ class Checkpoint:
             return carry
         header, arrays = decode(self.path, FORMAT, VERSION)
         where = f"cannot resume from the checkpoint {str(self.path)!r}"
+        saved, current = header.get("dtype"), str(carry.q.parameters[0].dtype)
+        if saved is not None and saved != current:
+            hint = " (enable `jax_enable_x64` first)" if saved == "float64" else ""
+            raise LoadError(
+                f"{where}: it holds a {saved} fit and this one runs in {current}{hint}."
+            )
         self._check_same_fit(header, where)
         length = int(header["history_length"])
         like = eqx.tree_at(
