@@ -1,9 +1,9 @@
 """Fitting: the compiled loop, its outcomes and its result."""
 
-from .em import (
+from .em import fit_hyperparameters as fit_hyperparameters
+from .em_result import (
     HyperparameterOutcome as HyperparameterOutcome,
     HyperparameterResult as HyperparameterResult,
-    fit_hyperparameters as fit_hyperparameters,
 )
 from .fit import fit as fit
 from .outcome import FitOutcome as FitOutcome

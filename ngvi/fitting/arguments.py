@@ -65,3 +65,19 @@ def shape_mismatch(q, expected) -> str:
         f"`q` does not fit this model: its parameters have shapes {got}, but this model's "
         f"{type(expected).__name__} has {want} (was `q` fitted on another model?)."
     )
+
+
+def check_em_settings(
+    *, max_steps, max_inner_steps, memory_size, gtol, ftol, inner_tol, inner_fraction
+) -> None:
+    """Refuse `fit_hyperparameters`' settings that have no meaning: fewer than one re-solve
+    step (F = max_q ELBO needs one) or L-BFGS pair, negative tolerances."""
+    counts = (("max_steps", max_steps, 0), ("max_inner_steps", max_inner_steps, 1))
+    for name, value, least in counts + (("memory_size", memory_size, 1),):
+        if isinstance(value, bool) or int(value) != value or value < least:
+            raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
+    for name, value in (("gtol", gtol), ("ftol", ftol), ("inner_tol", inner_tol)):
+        if not float(value) >= 0:
+            raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+    if not 0 <= inner_fraction < 1:
+        raise ValueError(f"`inner_fraction` must be in [0, 1), got {inner_fraction!r}.")

@@ -36,64 +36,18 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jax.flatten_util import ravel_pytree
-from jaxtyping import Array, Float, Int
+from jaxtyping import Array
 
 from ..families import AbstractVariational
 from ..hyperparameters import LearnHyperparameters, has_learnable
 from ..models import AbstractModel
 from ..optimizers import NaturalGradient
 from ..optimizers.base import AbstractOptimizer
-from .arguments import checked_q
+from .arguments import check_em_settings, checked_q
 from .diagnosis import quadrature_warning
+from .em_result import HyperparameterOutcome, HyperparameterResult
 from .lbfgs import direction as _direction, empty_memory, remember as _remember
 from .loop import _all_finite
-
-
-class HyperparameterOutcome(eqx.Enumeration):
-    """How `fit_hyperparameters` ended (`result.outcome`; `result.message` in words)."""
-
-    converged = (
-        "converged: the gradient of F = max_q ELBO and its last change are below the tolerances"
-    )
-    max_steps = "the step budget ran out before the gradient of F met the tolerance"
-    stalled = (
-        "the line search found no step that increases F before the gradient met the tolerance; "
-        "the best hyperparameters were kept"
-    )
-    failed = (
-        "a step produced NaN/inf (30 halvings of it did too); the last finite hyperparameters "
-        "were kept"
-    )
-
-
-class HyperparameterResult(eqx.Module):
-    """What `fit_hyperparameters` returns.
-
-    - `model`: the input model with the learned hyperparameters.
-    - `q`: the posterior re-solved for them (read it with `model`).
-    - `elbo`: `model.elbo(q)`, the bound `F` at the learned hyperparameters.
-    - `grad_norm`: the largest component of `dF/dtheta` (unconstrained parameters) there.
-    - `elbo_change`: how much the last iteration raised `F`.
-    - `num_steps`: L-BFGS iterations; `num_inner_steps`: natural-gradient steps in all.
-    - `outcome`: a `HyperparameterOutcome`; `converged` says whether it is `converged`.
-    """
-
-    model: AbstractModel
-    q: AbstractVariational
-    elbo: Float[Array, ""]
-    grad_norm: Float[Array, ""]
-    elbo_change: Float[Array, ""]
-    num_steps: Int[Array, ""]
-    num_inner_steps: Int[Array, ""]
-    outcome: HyperparameterOutcome
-
-    @property
-    def message(self) -> str:
-        return HyperparameterOutcome[self.outcome]
-
-    @property
-    def converged(self) -> bool:
-        return bool(self.outcome == HyperparameterOutcome.converged)
 
 
 def fit_hyperparameters(
@@ -142,13 +96,10 @@ def fit_hyperparameters(
     """
     if not isinstance(model, AbstractModel):
         raise TypeError(f"`model` must be an ngvi model, got {type(model).__name__}.")
-    counts = (("max_steps", max_steps, 0), ("max_inner_steps", max_inner_steps, 1))
-    for name, value, least in counts + (("memory_size", memory_size, 1),):
-        if isinstance(value, bool) or int(value) != value or value < least:
-            raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
-    for name, value in (("gtol", gtol), ("ftol", ftol), ("inner_tol", inner_tol)):
-        if not float(value) >= 0:
-            raise ValueError(f"`{name}` must be >= 0, got {value!r}.")
+    check_em_settings(
+        max_steps=max_steps, max_inner_steps=max_inner_steps, memory_size=memory_size,
+        gtol=gtol, ftol=ftol, inner_tol=inner_tol, inner_fraction=inner_fraction,
+    )  # fmt: skip
     strategy = NaturalGradient(lr=1.0) if strategy is None else strategy
     learned, rest = LearnHyperparameters(where=where).partition(model)
     if not has_learnable(learned):
@@ -158,8 +109,6 @@ def fit_hyperparameters(
     if problem:
         raise ValueError(problem)
     floor = 100 * float(jnp.finfo(model.dtype).eps)
-    if not 0 <= inner_fraction < 1:
-        raise ValueError(f"`inner_fraction` must be in [0, 1), got {inner_fraction!r}.")
     tolerances = [jnp.asarray(max(float(t), floor), model.dtype) for t in (gtol, ftol, inner_tol)]
     tolerances.append(jnp.asarray(inner_fraction, model.dtype))
     result = _solve(
