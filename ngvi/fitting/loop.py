@@ -59,8 +59,8 @@ class Loop(eqx.Module):
         )
         # The q this step started from was already bad, unless the strategy went back from it
         # (full batch, fixed hyperparameters: the point before it is still valid).
-        recovers = self.strategy.retreats_from_non_finite and self.learn is None and batch is None
-        overshot = recovers & (s > 0) & (info.elbo == -jnp.inf)
+        retreats = self.strategy.retreats_from_minus_infinity and self.learn is None
+        overshot = (retreats and batch is None) & (s > 0) & (info.elbo == -jnp.inf)
         bad_input = ~jnp.isfinite(info.elbo) & ~overshot
         failed = bad_input | ~_all_finite((q, state, learned, learned_state))
         outcome = FitOutcome.where(

@@ -82,7 +82,7 @@ class AbstractOptimizer(eqx.Module):
     form: ClassVar[str] = "natural"
     convergence_window: ClassVar[int] = 2
     """How many consecutive steps must meet the tolerance."""
-    retreats_from_non_finite: ClassVar[bool] = False
+    retreats_from_minus_infinity: ClassVar[bool] = False
     """Whether a full-batch `step` from a `q` whose ELBO is `-inf` (an overshoot: the
     previous step's result) goes back to the finite point before it (then `fit` goes on;
     otherwise, and for a NaN ELBO always, it ends the fit as `failed` at that point)."""

@@ -70,7 +70,7 @@ class AbstractNaturalStep(AbstractOptimizer):
         if self.max_backoffs < 0:
             raise ValueError(f"`max_backoffs` must be >= 0, got {self.max_backoffs}.")
 
-    retreats_from_non_finite: ClassVar[bool] = True
+    retreats_from_minus_infinity: ClassVar[bool] = True
     draws_samples: ClassVar[bool] = True
     """Whether `statistics` draws random numbers from `key` (then they are computed over the
     whole batch at once, never chunk by chunk)."""
@@ -125,7 +125,7 @@ class AbstractNaturalStep(AbstractOptimizer):
         # A minibatch ELBO is a noisy estimate on a different batch each step: no retreat.
         # An ELBO of -inf after a finite one (an overshoot: Poisson counts of ~500 from a zero
         # prior mean, where lr = 1's second step put the rate at exp(423)) retreats too, and
-        # the loop lets it (`retreats_from_non_finite`); NaN compares False and ends the fit.
+        # the loop lets it (`retreats_from_minus_infinity`); NaN compares False and ends the fit.
         retreat = (elbo < state.elbo - margin) & (batch is None)
         here = Retreat(q, target, elbo, mean, jnp.minimum(1.25 * state.trust, 1.0), state.step_size)
         back = Retreat(
