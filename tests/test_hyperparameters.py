@@ -69,6 +69,39 @@ def test_gaussian_matches_exact_marginal_likelihood_maximiser():
     np.testing.assert_allclose(result.elbo, -direct.fun, rtol=1e-6)
 
 
+def test_hyperparameter_steps_do_not_collapse_the_natural_step():
+    # Reproducer: the retreat compared the ELBO before a step with the one before the last
+    # step, under hyperparameters that Adam had moved in between; a fall caused by Adam counted
+    # as an overshoot, the step size collapsed (to 1e-25 by 150 steps) and q went stale, 7e-4
+    # nats below the exact posterior of the learned model. Now both ELBOs are of one model.
+    X, y = _regression_data()
+    learn = ngvi.LearnHyperparameters(optax.adam(0.05))
+    model = _gaussian_model(X, y)
+    result = ngvi.fit(
+        model, ngvi.NaturalGradient(lr=1.0), 150, tol=0.0, learn=learn, progress=False
+    )
+    assert np.min(result.history.step_size) > 1e-6
+    kernel, likelihood = result.model.prior.kernel, result.model.likelihood
+    logs = np.log([float(kernel.variance), float(kernel.lengthscale), float(likelihood.variance)])
+    # A Gaussian likelihood's step at lr = 1 gives the exact posterior (of the hyperparameters
+    # one Adam step before the learned ones), whose ELBO is the log marginal likelihood.
+    assert abs(float(result.elbo) - _exact_log_marginal(logs, X, y)) < 1e-5
+
+
+def test_tiny_hyperparameter_steps_do_not_pass_for_convergence():
+    # Reproducer: with `optax.sgd(1e-11)` the ELBO barely changes, and the fit reported
+    # "converged" after 4 steps at the starting hyperparameters. Converged now also needs
+    # max |dELBO/dtheta| <= gtol (1 + |ELBO|).
+    X, y = _regression_data()
+    learn = ngvi.LearnHyperparameters(optax.sgd(1e-11))
+    result = ngvi.fit(
+        _gaussian_model(X, y), ngvi.NaturalGradient(lr=1.0), 50, learn=learn, progress=False
+    )
+    assert not result.converged and result.num_steps == 50
+    with pytest.raises(ValueError, match="gtol"):
+        ngvi.LearnHyperparameters(gtol=-1.0)
+
+
 def test_result_model_and_q_are_consistent():
     X, y = _regression_data(30)
     model = _gaussian_model(X, y)

@@ -48,11 +48,12 @@ class Loop(eqx.Module):
         if self.minibatches is not None:
             batch, batches = self.minibatches.draw(model, c.batches, batch_key)
         q, state, info = self.strategy.step(model, c.q, c.state, batch, c.step, step_key)
-        learned, learned_state = c.learned, c.learned_state
+        learned, learned_state, stationary = c.learned, c.learned_state, jnp.asarray(True)
         if self.learn is not None:
-            learned, learned_state = self.learn.step(
+            learned, learned_state, stationary = self.learn.step(
                 c.learned, self.model, q, batch, c.learned_state
             )
+            state = self.strategy.after_model_moved(self.full_model(learned), state, batch)
         s = c.step
         history = jax.tree.map(
             lambda buffer, value: buffer.at[s].set(value.astype(buffer.dtype)), c.history, info
@@ -63,9 +64,11 @@ class Loop(eqx.Module):
         overshot = (retreats and batch is None) & (s > 0) & (info.elbo == -jnp.inf)
         bad_input = ~jnp.isfinite(info.elbo) & ~overshot
         failed = bad_input | ~_all_finite((q, state, learned, learned_state))
-        outcome = FitOutcome.where(
-            failed, FitOutcome.failed, self.strategy.terminate(history, s, tol)
-        )
+        outcome = self.strategy.terminate(history, s, tol)
+        # With learned hyperparameters "converged" also needs their gradient to be small.
+        moving = (outcome == FitOutcome.converged) & ~stationary
+        outcome = FitOutcome.where(moving, FitOutcome.max_steps, outcome)
+        outcome = FitOutcome.where(failed, FitOutcome.failed, outcome)
         current = (c.q, c.learned, c.learned_state)
         fallback = jax.tree.map(lambda a, b: jnp.where(bad_input, a, b), c.previous, current)
         proposed = (q, learned, learned_state)

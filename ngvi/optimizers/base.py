@@ -96,6 +96,12 @@ class AbstractOptimizer(eqx.Module):
         """`(q, state)` for a starting `q` (default: `q` unchanged, no state)."""
         return q, None
 
+    def after_model_moved(self, model, state: PyTree, batch) -> PyTree:
+        """The state once `fit(..., learn=...)` has moved the hyperparameters after a step on
+        `batch`; `model` is the moved model. A strategy that compares ELBOs across steps must
+        not compare ELBOs of two models. Default: the state unchanged."""
+        return state
+
     @abc.abstractmethod
     def step(
         self, model, q, state: PyTree, batch, step_count: Int[Array, ""], key: PRNGKeyArray
