@@ -90,6 +90,22 @@ def test_a_fit_on_a_new_shape_compiles_only_its_three_programs(caplog):
         )
 
 
+def test_a_learning_fit_compiles_its_loop_once(caplog):
+    """Reproducer: a kernel made from Python floats holds weakly typed arrays; the loop
+    returned them strongly typed after its first chunk, so every later chunk compiled the loop
+    again (four times in a 60-step fit that learned the hyperparameters, ~3 s each)."""
+    dense = _banana_model(43)  # shapes no other test compiles
+    learn = ngvi.LearnHyperparameters()
+    with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(True):
+        # progress=True runs the loop in chunks of 1, 5, 21, ... steps
+        result = ngvi.fit(dense, ngvi.NaturalGradient(), 60, learn=learn, tol=0.0, progress=True)
+    assert result.num_steps == 60
+    compiled = [r.getMessage() for r in caplog.records]
+    loops = [m for m in compiled if m.startswith("Compiling jit(run_chunk")]
+    reports = [m for m in compiled if m.startswith("Compiling jit(_elbo_report")]
+    assert (len(loops), len(reports)) == (1, 1)
+
+
 def _all_equations(jaxpr):
     for eqn in jaxpr.eqns:
         yield eqn

@@ -81,9 +81,10 @@ def collapsed_step_size(history, steps: int) -> str:
     wherever they go, so the advice "raise `num_steps`" would not help; `""` otherwise."""
     if steps < 1:
         return ""
-    taken = float(history.step_size[steps - 1])
-    scheduled = float(history.scheduled_step_size[steps - 1])
-    retreated = int(np.sum(np.asarray(history.num_backoffs[max(0, steps - 10) : steps]))) > 0
+    # Read on the host: indexing the device buffers compiled a small program per index form.
+    taken = float(np.asarray(history.step_size)[steps - 1])
+    scheduled = float(np.asarray(history.scheduled_step_size)[steps - 1])
+    retreated = int(np.sum(np.asarray(history.num_backoffs)[max(0, steps - 10) : steps])) > 0
     if not (retreated and 0 <= taken < 1e-6 * scheduled):
         return ""
     return (
