@@ -1,5 +1,6 @@
 """`fit`'s checks of its arguments, before anything is compiled."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -83,15 +84,18 @@ def check_em_settings(
         raise ValueError(f"`inner_fraction` must be in [0, 1), got {inner_fraction!r}.")
 
 
-def strongly_typed(tree):
-    """`tree` with its weakly typed arrays (made from Python scalars: `jnp.log(1.0)`) made
-    strongly typed, values and dtypes unchanged. A weak leaf that the compiled loop carries
-    comes back strongly typed after the first chunk, and the next chunk then compiles the
-    loop again: a fit that learned a kernel made from Python floats compiled it five times."""
+def with_strong_learned_leaves(model, learn: LearnHyperparameters):
+    """`model` with the hyperparameters `learn` moves made strongly typed (values and dtypes
+    unchanged), or `model` itself if none is weakly typed. A weak leaf (made from a Python
+    scalar: `jnp.log(1.0)`) rides in the compiled loop's carry, comes back strongly typed
+    after the first chunk, and the next chunk then compiled the loop again: a 60-step fit that
+    learned a kernel made from Python floats compiled its loop four times."""
+    learned, fixed = learn.partition(model)
 
-    def strong(leaf):
-        if isinstance(leaf, jax.Array) and leaf.weak_type:
-            return jax.device_put(np.asarray(leaf))
-        return leaf
+    def is_weak(leaf) -> bool:
+        return getattr(leaf, "weak_type", False)
 
-    return jax.tree.map(strong, tree)
+    if not any(is_weak(leaf) for leaf in jax.tree.leaves(learned)):
+        return model
+    strong = jax.tree.map(lambda x: jax.device_put(np.asarray(x)) if is_weak(x) else x, learned)
+    return eqx.combine(strong, fixed)
