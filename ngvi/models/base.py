@@ -268,19 +268,26 @@ class AbstractModel(eqx.Module):
         errors = weighted(weight, quadrature_error(self.likelihood, y, marginals))
         return (*report, jnp.sum(errors))
 
+    @eqx.filter_jit
     def elbo(self, q: AbstractVariational, batch: Data | None = None) -> Float[Array, ""]:
         """`sum_i w_i E_q[log p(y_i | f_i)] - KL(q || p)` (`w_i = 1` unless the data carry
         weights), exact (closed form or quadrature);
-        on a batch, the unbiased estimate with the data term scaled by `N / B`."""
+        on a batch, the unbiased estimate with the data term scaled by `N / B`.
+
+        Compiled (inlined where it is called inside a compiled function): run eagerly, a
+        first call on a dense probit GP of 200 points compiled each operation on its own and
+        took 6.4 s, against 1.1 s compiled as one program (and 57 ms against 4 ms after)."""
         marginals, kl = self.latent_marginals_and_kl(q, batch)
         expected = self.expected_log_likelihood(self.targets(batch), marginals)
         expected = weighted(self.point_weights(batch), expected)
         return self.batch_scale(batch) * jnp.sum(expected) - kl
 
+    @eqx.filter_jit  # compiled as one program, as `elbo`
     def predict_latent(self, q: AbstractVariational, X_new) -> Marginals:
         """Latent marginals `(m, C)` at new inputs."""
         return q.predict(self, X_new)
 
+    @eqx.filter_jit  # compiled as one program, as `elbo`
     def posterior(self, q: AbstractVariational) -> tuple[Array, Array]:
         """`q` as moments in the model's coordinates: mean `(C, D)`, covariance `(C, D, D)`."""
         return q.posterior(self)
