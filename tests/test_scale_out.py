@@ -34,7 +34,8 @@ FIT = dict(progress=False, tol=0.0)
 SHARDED = (
     """
 import os, json, sys
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=4")
 import jax, jax.numpy as jnp
 jax.config.update("jax_enable_x64", True)
 from jax.sharding import NamedSharding, PartitionSpec as P
@@ -97,7 +98,8 @@ WORKER = (
     """
 import os, sys, json
 process_id, port, path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
-os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_force_host_platform_device_count=2")
 import jax
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -122,14 +124,12 @@ if process_id == 0:
 
 
 def _python(code: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     return subprocess.run(
         [sys.executable, "-c", textwrap.dedent(code), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
-        env=env,
     )
 
 
