@@ -106,6 +106,18 @@ def test_a_learning_fit_compiles_its_loop_once(caplog):
     assert (len(loops), len(reports)) == (1, 1)
 
 
+@pytest.mark.parametrize("strategy", [ngvi.NaturalGradient, ngvi.Adam])
+def test_fits_that_differ_in_the_step_size_share_one_compiled_loop(caplog, strategy):
+    """Reproducer: a float `lr` was part of what the loop was compiled for, so comparing
+    step sizes on one model compiled the loop once per step size."""
+    dense = _banana_model(39)  # shapes no other test compiles
+    with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(True):
+        for lr in (0.25, 0.5, 1.0):
+            ngvi.fit(dense, strategy(lr=lr), num_steps=3, tol=0.0, progress=False)
+    loops = [r for r in caplog.records if r.getMessage().startswith("Compiling jit(run_chunk")]
+    assert len(loops) == 1
+
+
 def test_model_methods_compile_as_one_program_each(caplog):
     """Reproducer: `model.elbo(q)`, `model.posterior(q)` and `model.predict_latent` ran
     eagerly, compiling each of their dozens of operations on its own: 5-6 s on the first call

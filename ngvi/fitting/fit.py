@@ -140,7 +140,7 @@ def _start(model, optimizer, q, state, num_steps, key, batch_size, learn, data):
     batches = None if minibatches is None else minibatches.init(model.num_data)
     if data is not None:  # the state is the current batch, which `_run` feeds
         minibatches, batches = StreamedBatches(), placeholder_batch(model, data, batch_size)
-    loop = Loop(fixed, optimizer, learn, minibatches)
+    loop = Loop(fixed, optimizer.for_the_loop(model.dtype), learn, minibatches)
     # History buffers of a power-of-two length (at least 64): fits with different step
     # budgets share one compiled loop instead of compiling once per `num_steps`. Initial
     # values are made by numpy and `device_put`: `jnp.zeros`, `jnp.asarray` and friends

@@ -1,5 +1,7 @@
 """The Euclidean baseline: optax on the whitened mean and Cholesky factor."""
 
+from typing import ClassVar
+
 import jax
 import jax.numpy as jnp
 import optax
@@ -35,6 +37,7 @@ class Adam(AbstractOptimizer):
     lr: StepSize = 1e-2
     optimizer: optax.GradientTransformation | None = None
     form = "moments"
+    traced_step_size: ClassVar[bool] = True
 
     def __check_init__(self):
         check_step_size(self.lr)

@@ -7,6 +7,7 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray, PyTree
 
 from ..fitting.outcome import FitOutcome, converged_within, vanishing_step_size
@@ -91,6 +92,20 @@ class AbstractOptimizer(eqx.Module):
     def smoothing(self) -> int:
         """Steps the ELBO is averaged over before judging convergence (1: deterministic)."""
         return 1
+
+    traced_step_size: ClassVar[bool] = False
+    """Whether `fit` may hand the compiled loop a float `lr` as an array: then fits that
+    differ only in the step size share one compiled loop (a Python float is part of what a
+    compiled function is specialised to). Only for strategies that never branch on `lr` in
+    Python."""
+
+    def for_the_loop(self, dtype) -> "AbstractOptimizer":
+        """The strategy as the compiled loop takes it: a float `lr` becomes an array of
+        `dtype` where `traced_step_size` allows it."""
+        lr = getattr(self, "lr", None)
+        if not self.traced_step_size or isinstance(lr, bool) or not isinstance(lr, int | float):
+            return self
+        return eqx.tree_at(lambda strategy: strategy.lr, self, np.asarray(lr, dtype))
 
     def init(self, model, q) -> tuple:
         """`(q, state)` for a starting `q` (default: `q` unchanged, no state)."""

@@ -73,6 +73,7 @@ class AbstractNaturalStep(AbstractOptimizer):
             raise ValueError(f"`max_backoffs` must be >= 0, got {self.max_backoffs}.")
 
     retreats_from_minus_infinity: ClassVar[bool] = True
+    traced_step_size: ClassVar[bool] = True
     draws_samples: ClassVar[bool] = True
     """Whether `statistics` draws random numbers from `key` (then they are computed over the
     whole batch at once, never chunk by chunk)."""
