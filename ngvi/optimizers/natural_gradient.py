@@ -47,17 +47,16 @@ class AbstractNaturalStep(AbstractOptimizer):
     previous step moved from by more than `decrease_tolerance * (1 + |ELBO|)`, the step is
     taken again from that point with half the trust (the step size is `trust * rho`; full-batch
     steps only, since a minibatch ELBO is a noisy estimate; an ELBO of `-inf` after a finite
-    one retreats too) and at most half the step size the
-    rejected step accepted, so a retreat never proposes the rejected point again (had backoff
-    shortened the rejected step, halving the trust alone could back off to that same point, and
-    its repeated ELBO would pass for convergence; when `fit` learns hyperparameters, that
-    point's ELBO is re-evaluated under the moved model, `after_model_moved`); each accepted
-    step grows the trust by a
-    quarter, back towards 1. A natural-gradient step with a small enough step size
-    increases the ELBO, so this stops divergence (e.g. the mean-field rule on
-    strongly correlated posteriors) without changing the fixed point; `StepInfo` counts a
-    retreat as a backoff and reports the step size actually taken. Subclasses say only where
-    the statistics come from (`statistics`).
+    one retreats too) and at most half the step size the rejected step accepted, so a retreat
+    never proposes the rejected point again (had backoff shortened the rejected step, halving
+    the trust alone could back off to that same point, and its repeated ELBO would pass for
+    convergence; when `fit` learns hyperparameters, that point's ELBO is re-evaluated under
+    the moved model, `after_model_moved`); each accepted step grows the trust by a quarter,
+    back towards 1. A natural-gradient step with a small enough step size increases the ELBO,
+    so this stops divergence (e.g. the mean-field rule on strongly correlated posteriors)
+    without changing the fixed point; `StepInfo` counts a retreat as a backoff and reports the
+    step size actually taken. Subclasses say only where the statistics come from
+    (`statistics`).
     """
 
     lr: eqx.AbstractVar[StepSize | None]
