@@ -87,8 +87,7 @@ class LearnHyperparameters(eqx.Module):
             return -eqx.combine(theta, rest).elbo(q, batch)
 
         value, grads = jax.value_and_grad(loss)(learned)
-        sizes = [jnp.max(jnp.abs(g)) for g in jax.tree_util.tree_leaves(grads)]
-        largest = jnp.max(jnp.stack(sizes)) if sizes else jnp.zeros_like(value)
+        largest = optax.tree.norm(grads, ord=jnp.inf)  # max |dELBO/dtheta| over all leaves
         stationary = (largest <= self.gtol * (1.0 + jnp.abs(value))) | (batch is not None)
         updates, opt_state = self.optimizer.update(grads, opt_state, learned)
         return optax.apply_updates(learned, updates), opt_state, stationary
