@@ -90,6 +90,24 @@ def test_a_fit_on_a_new_shape_compiles_only_its_three_programs(caplog):
         )
 
 
+def test_an_adam_fit_on_a_new_shape_makes_its_start_without_eager_programs(caplog):
+    """Reproducer: `Adam`'s starting point (`m = 0`, `S = I`) was made with `jnp.zeros`,
+    `jnp.eye` and `jnp.broadcast_to`, six small programs compiled on each new size. Left:
+    optax's own initial state, outside the library (its zero moments by `jnp.zeros_like`, a
+    `broadcast_in_dim` per size, and its step count)."""
+    model = _banana_model(47)  # shapes no other test compiles
+    with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(True):
+        ngvi.fit(model, ngvi.Adam(lr=1e-2), num_steps=3, progress=False)
+    compiled = [
+        r.getMessage().split("jit(", 1)[1].split(")", 1)[0]
+        for r in caplog.records
+        if r.getMessage().startswith("Compiling jit(")
+    ]
+    optax = {"broadcast_in_dim", "convert_element_type"}
+    ours = sorted(name for name in compiled if name not in optax)
+    assert ours == ["_elbo_report", "prior_factor_is_finite", "run_chunk"], compiled
+
+
 def test_a_learning_fit_compiles_its_loop_once(caplog):
     """Reproducer: a kernel made from Python floats holds weakly typed arrays; the loop
     returned them strongly typed after its first chunk, so every later chunk compiled the loop

@@ -2,7 +2,9 @@
 
 from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from .whitened_base import AbstractWhitenedVariational
@@ -26,11 +28,14 @@ class WhitenedGaussianVariational(AbstractWhitenedVariational):
     def at_prior(
         cls, num_latent: int, dim: int, dtype, diagonal: bool = False
     ) -> "WhitenedGaussianVariational":
-        """`m = 0`, `S = I`."""
-        zeros = jnp.zeros((num_latent, dim), dtype)
+        """`m = 0`, `S = I` (made by numpy: `jnp.eye` and friends compiled five small programs
+        on a first fit of each new size)."""
+        zeros = np.zeros((num_latent, dim), dtype)
         if diagonal:
-            return cls(zeros, jnp.ones((num_latent, dim), dtype))
-        return cls(zeros, jnp.broadcast_to(jnp.eye(dim, dtype=dtype), (num_latent, dim, dim)))
+            scale = np.ones((num_latent, dim), dtype)
+        else:
+            scale = np.broadcast_to(np.eye(dim, dtype=dtype), (num_latent, dim, dim))
+        return cls(jax.device_put(zeros), jax.device_put(scale))
 
     @property
     def parameters(self):
