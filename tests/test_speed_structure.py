@@ -90,20 +90,42 @@ def test_a_fit_on_a_new_shape_compiles_only_its_three_programs(caplog):
         )
 
 
-def test_an_adam_fit_on_a_new_shape_makes_its_start_without_eager_programs(caplog):
-    """Reproducer: `Adam`'s starting point (`m = 0`, `S = I`) was made with `jnp.zeros`,
-    `jnp.eye` and `jnp.broadcast_to`, six small programs compiled on each new size. Left:
+def _three_programs_fit(num_points: int, family: str):
+    """A fit on a size no other test compiles, for each starting point a family makes."""
+    data = np.loadtxt(BANANA_LARGE, delimiter=",", skiprows=1)[:num_points]
+    prior = ngvi.GPPrior(ngvi.kernels.SquaredExponential(variance=1.0, lengthscale=0.5))
+    X, labels = data[:, :2], (data[:, 2] > 0).astype(int)
+    if family == "adam":
+        model = ngvi.Model(prior, ngvi.likelihoods.Probit(), X, data[:, 2])
+        return lambda: ngvi.fit(model, ngvi.Adam(lr=1e-2), num_steps=3, progress=False)
+    if family == "mean-field":
+        model = ngvi.SparseModel(
+            prior, ngvi.likelihoods.Probit(), X, data[:, 2], inducing=X[:11], family=family
+        )
+    else:  # coupled sites: one C x C site per point
+        likelihood = ngvi.likelihoods.Softmax(num_classes=2)
+        model = ngvi.Model(prior, likelihood, X, labels, family="coupled")
+    return lambda: ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), num_steps=3, progress=False)
+
+
+@pytest.mark.parametrize(
+    ("num_points", "family"), [(47, "adam"), (49, "mean-field"), (53, "coupled")]
+)
+def test_a_fit_on_a_new_shape_makes_its_start_without_eager_programs(caplog, num_points, family):
+    """Reproducer: the starting points of `Adam` (`m = 0`, `S = I`), of the mean-field
+    family and of coupled sites were made with `jnp.zeros`, `jnp.eye`, `jnp.full` and
+    `jnp.broadcast_to`: small programs compiled on each new size (six for `Adam`). Left:
     optax's own initial state, outside the library (its zero moments by `jnp.zeros_like`, a
     `broadcast_in_dim` per size, and its step count)."""
-    model = _banana_model(47)  # shapes no other test compiles
+    run = _three_programs_fit(num_points, family)
     with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(True):
-        ngvi.fit(model, ngvi.Adam(lr=1e-2), num_steps=3, progress=False)
+        run()
     compiled = [
         r.getMessage().split("jit(", 1)[1].split(")", 1)[0]
         for r in caplog.records
         if r.getMessage().startswith("Compiling jit(")
     ]
-    optax = {"broadcast_in_dim", "convert_element_type"}
+    optax = {"broadcast_in_dim", "convert_element_type"} if family == "adam" else set()
     ours = sorted(name for name in compiled if name not in optax)
     assert ours == ["_elbo_report", "prior_factor_is_finite", "run_chunk"], compiled
 

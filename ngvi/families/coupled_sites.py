@@ -27,8 +27,10 @@ never formed.
 
 from typing import ClassVar, NamedTuple
 
+import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+import numpy as np
 from jaxtyping import Array, Float
 
 from .._linalg import lower_inverse
@@ -127,10 +129,10 @@ class CoupledSiteGaussianVariational(AbstractVariational):
 
     @classmethod
     def at_prior(cls, num_points: int, num_latent: int, dtype) -> "CoupledSiteGaussianVariational":
-        """Zero sites: `q` equals the prior."""
+        """Zero sites: `q` equals the prior (made by numpy: `jnp.zeros` compiles)."""
         return cls(
-            jnp.zeros((num_points, num_latent), dtype),
-            jnp.zeros((num_points, num_latent, num_latent), dtype),
+            jax.device_put(np.zeros((num_points, num_latent), dtype)),
+            jax.device_put(np.zeros((num_points, num_latent, num_latent), dtype)),
         )
 
     @property

@@ -2,7 +2,9 @@
 
 from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float
 
 from ..gaussian import blr_diag_update
@@ -30,8 +32,9 @@ class DiagonalGaussianVariational(AbstractWhitenedVariational):
 
     @classmethod
     def at_prior(cls, num_latent: int, dim: int, dtype) -> "DiagonalGaussianVariational":
-        """`q(v) = N(0, I)`."""
-        return cls(jnp.zeros((num_latent, dim), dtype), jnp.full((num_latent, dim), -0.5, dtype))
+        """`q(v) = N(0, I)` (made by numpy: `jnp.zeros` and `jnp.full` compile on a first fit)."""
+        eta1, eta2 = np.zeros((num_latent, dim), dtype), np.full((num_latent, dim), -0.5, dtype)
+        return cls(jax.device_put(eta1), jax.device_put(eta2))
 
     @property
     def parameters(self):
