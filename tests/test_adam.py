@@ -174,6 +174,38 @@ def test_custom_optimizer_climbs_monotonically():
     assert np.all(np.diff(elbos) > 0)  # small steps climb monotonically
 
 
+def test_a_custom_chain_reports_its_effective_step_size():
+    """For `optax.sgd(lr)` the effective step size `-(g . u) / ||g||^2` is `lr` itself."""
+    X, y = _logistic_data()
+    prior = ngvi.GaussianPrior(jnp.zeros(3), 2.0 * jnp.eye(3))
+    model = ngvi.Model(prior, ngvi.likelihoods.BernoulliLogit(), X, y)
+    sgd = ngvi.fit(model, ngvi.Adam(optimizer=optax.sgd(1e-3)), 5, tol=0.0, progress=False)
+    np.testing.assert_allclose(sgd.history.step_size, 1e-3, rtol=1e-12)
+
+
+def test_a_custom_chain_whose_schedule_vanishes_is_not_called_converged():
+    """Reproducer (adversarial review): `Adam(optimizer=optax.adam(decaying schedule))` was
+    reported `converged` 19 nats below the optimum: `fit` divided its ELBO changes by the unused
+    `lr=1e-2`, not by the chain's vanishing steps. The same schedule as `Adam(lr=...)` ended
+    as `schedule_ended`; now both do, and a chain at a constant step size still converges to the
+    natural-gradient optimum."""
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-3, 3, (80, 1))
+    y = (np.sin(2 * X[:, 0]) > 0).astype(float)
+    kernel = ngvi.kernels.SquaredExponential(1.0, 0.8)
+    model = ngvi.Model(ngvi.GPPrior(kernel), ngvi.likelihoods.Probit(), X, y)
+    optimum = ngvi.fit(model, ngvi.NaturalGradient(), 100, progress=False)
+    assert optimum.converged
+    schedule = optax.exponential_decay(0.05, transition_steps=10, decay_rate=0.3)
+    with pytest.warns(UserWarning, match="schedule reached 0"):
+        decayed = ngvi.fit(model, ngvi.Adam(optimizer=optax.adam(schedule)), 3000, progress=False)
+    assert decayed.outcome == ngvi.FitOutcome.schedule_ended
+    assert float(optimum.elbo - decayed.elbo) > 1.0  # far from the optimum, and it says so
+    constant = ngvi.fit(model, ngvi.Adam(optimizer=optax.adam(0.05)), 3000, progress=False)
+    assert constant.converged
+    assert abs(float(optimum.elbo - constant.elbo)) < 1e-6
+
+
 def test_rejects_bad_learning_rate():
     with pytest.raises(ValueError, match="lr"):
         ngvi.Adam(lr=-1.0)

@@ -5,6 +5,7 @@ from typing import ClassVar
 import jax
 import jax.numpy as jnp
 import optax
+from jaxtyping import Array
 
 from .base import AbstractOptimizer, StepInfo, StepSize, check_step_size, step_size_at
 
@@ -27,7 +28,12 @@ class Adam(AbstractOptimizer):
 
     - `lr`: learning rate of the default `optax.adam(lr)`; a float or an optax schedule.
     - `optimizer`: any `optax.GradientTransformation`, used instead of `optax.adam(lr)`.
-      Reuse the same `Adam` instance to reuse its compiled fit loop.
+      Reuse the same `Adam` instance to reuse its compiled fit loop. Its step size is not
+      known to `fit`, so each step reports the *effective* one (`effective_step_size`):
+      the step size of the plain gradient step that would raise the ELBO as much to first
+      order. A chain whose schedule decays to 0 then ends as `schedule_ended`, never as
+      `converged` (reproducer: `optax.adam(exponential_decay(...))` was called converged 19
+      nats short of the optimum, its ELBO changes divided by the unused `lr`).
 
     ```python
     result = ngvi.fit(model, ngvi.Adam(lr=0.05), num_steps=2000)
@@ -57,6 +63,22 @@ class Adam(AbstractOptimizer):
         negative_elbo, grads = jax.value_and_grad(loss)(q.parameters)
         updates, state = self.transformation.update(grads, state, q.parameters)
         new_q = q.with_parameters(optax.apply_updates(q.parameters, updates))
-        rho = jnp.maximum(step_size_at(self.lr, step_count).astype(negative_elbo.dtype), 0.0)
+        if self.optimizer is None:
+            rho = step_size_at(self.lr, step_count).astype(negative_elbo.dtype)
+        else:
+            rho = effective_step_size(grads, updates).astype(negative_elbo.dtype)
+        rho = jnp.maximum(rho, 0.0)
         info = StepInfo(-negative_elbo, rho, jnp.asarray(0), new_q.min_precision(), rho)
         return new_q, state, info
+
+
+def effective_step_size(loss_gradient, update) -> Array:
+    """`-(g . u) / ||g||^2` for the gradient `g` of the loss (`-ELBO`) and an optimizer's update
+    `u`: the step size `rho` of the plain gradient step `u = -rho g` with the same first-order
+    gain. It is the chain's step size for SGD and vanishes when the chain's steps do; an update
+    that does not descend gives 0. `fit` divides ELBO changes by it, so with a custom chain
+    its convergence test reads `||g||^2 <= tol (1 + |ELBO|)` to first order, whatever the
+    chain's scaling. (A gradient of exactly 0 gives 1: nothing left to move.)"""
+    descent = -optax.tree.vdot(loss_gradient, update)
+    squared = optax.tree.norm(loss_gradient, squared=True)
+    return jnp.where(squared > 0, descent / jnp.where(squared > 0, squared, 1.0), 1.0)
