@@ -125,6 +125,7 @@ class RobustMax(_Categorical):
 
     epsilon: float = eqx.field(default=1e-3, static=True)
     differentiable: ClassVar[bool] = False  # piecewise constant: zero gradients at samples
+    several_latent_quadrature_error: ClassVar[bool] = True  # `quadrature_error` takes (B, C)
 
     def __check_init__(self):
         super().__check_init__()
@@ -139,9 +140,12 @@ class RobustMax(_Categorical):
         wins = jnp.argmax(f, axis=-1) == jnp.asarray(y).astype(jnp.int32)
         return jnp.where(wins, hit, miss)
 
-    def winning_probability(self, y, mean: Matrix, variance: Matrix) -> Array:
-        """`P(argmax f = y_i)` per point, by Gauss-Hermite quadrature over `f_y`."""
-        nodes, weights = _hermite_rule(self.num_quadrature_points)
+    def winning_probability(
+        self, y, mean: Matrix, variance: Matrix, num_points: int | None = None
+    ) -> Array:
+        """`P(argmax f = y_i)` per point, by Gauss-Hermite quadrature over `f_y` with
+        `num_points` nodes (default `num_quadrature_points`)."""
+        nodes, weights = _hermite_rule(num_points or self.num_quadrature_points)
         nodes, weights = jnp.asarray(nodes, mean.dtype), jnp.asarray(weights, mean.dtype)
         tiny = jnp.finfo(mean.dtype).tiny ** 0.5
         std = jnp.sqrt(jnp.maximum(variance, tiny))
@@ -158,6 +162,16 @@ class RobustMax(_Categorical):
         hit, miss = self._logs()
         probability = self.winning_probability(y, mean, variance)
         return probability * hit + (1.0 - probability) * miss
+
+    def quadrature_error(self, y, mean: Matrix, variance: Matrix) -> Array:
+        """How much `expected_log_prob` moves per point when the nodes are doubled:
+        `|P_2Q - P_Q| (log(1 - epsilon) - log(epsilon / (C - 1)))`. The rule misses the winning
+        probability when one class's score is much wider than the others' (reproducer: class
+        probabilities off by 0.03 and the ELBO by 4e-3 nats at 20 nodes, with `fit` silent)."""
+        hit, miss = self._logs()
+        coarse = self.winning_probability(y, mean, variance)
+        fine = self.winning_probability(y, mean, variance, 2 * self.num_quadrature_points)
+        return jnp.abs(fine - coarse) * (hit - miss)
 
     def class_probabilities(self, mean: Matrix, variance: Matrix) -> Matrix:
         classes = jnp.arange(self.num_classes)

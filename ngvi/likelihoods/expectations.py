@@ -70,13 +70,19 @@ def expected_log_prob_error(likelihood, y, marginals: Marginals) -> Float[Array,
 
 
 def quadrature_error(likelihood, y, marginals: Marginals) -> Float[Array, " B"]:
-    """`likelihood.quadrature_error` per point for a one-latent likelihood (the change of its
-    quadrature when the nodes are doubled); 0 for several latents, whose rules report their
-    own error (`expected_log_prob_error`)."""
-    if marginals.mean.shape[1] != 1 or marginals.variance.ndim != 2:
-        return jnp.zeros(marginals.mean.shape[0], marginals.mean.dtype)
-    mean, variance = marginals.mean[:, 0], marginals.variance[:, 0]
-    return likelihood.quadrature_error(y, mean, variance)
+    """`likelihood.quadrature_error` per point (the change of its quadrature when the nodes are
+    doubled). With several latents, only a likelihood that defines its own rule for them
+    (`RobustMax`) has one; Monte Carlo rules report their error in `expected_log_prob_error`,
+    and a full covariance per point has none here."""
+    zeros = jnp.zeros(marginals.mean.shape[0], marginals.mean.dtype)
+    if marginals.variance.ndim != 2:
+        return zeros
+    if marginals.mean.shape[1] == 1:
+        mean, variance = marginals.mean[:, 0], marginals.variance[:, 0]
+        return likelihood.quadrature_error(y, mean, variance)
+    if not getattr(likelihood, "several_latent_quadrature_error", False):
+        return zeros
+    return likelihood.quadrature_error(y, marginals.mean, marginals.variance)
 
 
 class CoupledStatistics(NamedTuple):
