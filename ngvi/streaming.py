@@ -76,7 +76,7 @@ class Stream:
         try:
             X, y = _checked(likelihood, X, y)
         except ValueError as error:
-            raise ValueError(f"In a batch of the stream: {error}") from None
+            raise ValueError(_stream_error(error, X, y, sorted_rows[inverse])) from None
         return Data(jnp.asarray(X, dtype), jnp.asarray(y, dtype))
 
     def chunks(self, size: int, likelihood, dtype):
@@ -92,6 +92,26 @@ class Stream:
             total, square, kl = _chunk_terms(model, q, chunk)
             data_term, variance = data_term + total, variance + square
         return data_term - kl, jnp.sqrt(variance)
+
+
+def _stream_error(error: ValueError, X, y, rows: np.ndarray) -> str:
+    """The message for a batch that failed its checks: the stream's own row numbers of the
+    first non-finite values (the check's indices count within the batch: a NaN in row 499
+    was reported "at index [[51, 0]]"), else the check's message."""
+    for name, values in (("X", X), ("y", y)):
+        try:
+            finite = np.isfinite(np.asarray(values, dtype=float))
+        except (TypeError, ValueError):
+            continue
+        bad = np.flatnonzero(~finite.reshape(finite.shape[0], -1).all(axis=1))
+        if bad.size:
+            shown = ", ".join(str(int(row)) for row in np.sort(rows[bad])[:3])
+            more = "" if bad.size <= 3 else f" and {bad.size - 3} more"
+            return (
+                f"The stream's `{name}` holds NaN/inf in row(s) {shown}{more} (counting from "
+                "0): remove or impute them."
+            )
+    return f"In a batch of the stream: {error}"
 
 
 @eqx.filter_jit

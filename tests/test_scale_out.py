@@ -331,3 +331,20 @@ def test_a_stream_takes_lists_and_column_targets_like_an_in_memory_model():
         np.testing.assert_array_equal(result.q.parameters[0], reference.q.parameters[0])
     with pytest.raises(ValueError, match="`prefetch` must be a positive integer, got 1.5"):
         ngvi.Stream(X, y, prefetch=1.5)
+
+
+def test_a_stream_names_its_own_row_of_a_non_finite_value():
+    """Reproducer (adversarial review): a NaN in row 499 of a streamed data set was reported
+    "first at index [[51, 0]]", its place in the 64-row batch."""
+    rng = np.random.default_rng(0)
+    X, y = rng.uniform(-3, 3, (500, 2)), rng.integers(0, 2, 500).astype(float)
+    X[499, 0] = np.nan
+    stream, probit = ngvi.Stream(X, y), ngvi.likelihoods.Probit()
+    with pytest.raises(ValueError, match=r"`X` holds NaN/inf in row\(s\) 499 \("):
+        stream.rows(np.arange(436, 500), probit, jnp.float64)
+    y[7] = np.inf
+    with pytest.raises(ValueError, match=r"`y` holds NaN/inf in row\(s\) 7 \("):
+        stream.rows(np.array([300, 7, 12]), probit, jnp.float64)  # a shuffled minibatch
+    y[7] = 2.0  # outside the probit's labels: the check's own message
+    with pytest.raises(ValueError, match="In a batch of the stream"):
+        stream.rows(np.array([300, 7, 12]), probit, jnp.float64)
