@@ -173,3 +173,16 @@ def test_sparse_weights_full_batch_and_minibatch():
     with pytest.raises(ValueError, match="in-memory data on one device"):
         ngvi.SparseModel(prior, ngvi.likelihoods.Probit(), num_data=10, inducing=X[:4],
                          weights=np.ones(10))  # fmt: skip
+
+
+def test_kmeans_inducing_inputs_come_from_the_points_that_take_part():
+    """Reproducer (adversarial review): `inducing=10` with 300 far-away rows of weight 0 put
+    8 of the 10 k-means centres among them, where the fit has no data."""
+    rng = np.random.default_rng(0)
+    X = np.r_[rng.uniform(-1, 1, (100, 1)), rng.uniform(50, 60, (300, 1))]
+    y = (X[:, 0] > 0).astype(float)
+    weights = np.r_[np.ones(100), np.zeros(300)]
+    prior = ngvi.GPPrior(ngvi.kernels.SquaredExponential())
+    model = ngvi.SparseModel(prior, ngvi.likelihoods.Probit(), X, y, inducing=10, weights=weights)
+    unweighted = ngvi.SparseModel(prior, ngvi.likelihoods.Probit(), X[:100], y[:100], inducing=10)
+    np.testing.assert_array_equal(model.inducing, unweighted.inducing)  # same rows, same seed

@@ -47,7 +47,8 @@ class SparseModel(AbstractModel):
       `learnable`: `fit(..., learn=...)` moves it by default.
     - `family`: `"full"` (default) or `"mean-field"`.
     - `chunk_size`: rows per chunk of a full-data pass.
-    - `seed`: for choosing `Z` when `inducing` is an integer.
+    - `seed`: for choosing `Z` when `inducing` is an integer (k-means over the points of
+      positive weight when `weights` are given).
     - `num_data`: for a model without data (`X = y = None`) that `fit(..., data=stream)`
       feeds from a `ngvi.Stream`: the number of rows the stream holds.
     - `weights`: optional non-negative weights `(n,)` of the points' expected
@@ -108,7 +109,9 @@ class SparseModel(AbstractModel):
         else:
             self.data = prepare_sharded_data(likelihood, X, y, self.sharding)
         dtype = jnp.zeros(()).dtype
-        self.inducing = jnp.asarray(_inducing_inputs(inducing, X, seed), dtype)
+        self.inducing = jnp.asarray(
+            _inducing_inputs(inducing, _weighed_rows(X, weights), seed), dtype
+        )
         if self.data is not None and self.inducing.shape[1] != self.data.X.shape[1]:
             raise ValueError(
                 f"The inducing inputs have {self.inducing.shape[1]} columns but `X` has "
@@ -261,6 +264,15 @@ def _streamed_rows(X, y, num_data) -> int | None:
     if num_data is not None:
         raise ValueError("`num_data` is only for a model without data; it is len(y) here.")
     return None
+
+
+def _weighed_rows(X, weights):
+    """The rows of `X` that take part in the fit (positive weight), where k-means looks for
+    inducing inputs (reproducer: with 300 far-away rows of weight 0, 8 of 10 centres sat
+    among them)."""
+    if weights is None or X is None:
+        return X
+    return as_inputs(X)[np.asarray(weights, dtype=float).reshape(-1) > 0]
 
 
 def _inducing_inputs(inducing, X, seed: int) -> np.ndarray:
