@@ -28,7 +28,10 @@ def check_positive(value, name: str) -> None:
 
 
 def check_finite(value, name: str) -> np.ndarray:
-    """Return `value` as a float NumPy array, raising if it has NaN or inf entries."""
+    """Return `value` as a float NumPy array, raising if it has NaN or inf entries or is
+    complex (NumPy would drop the imaginary part with only a `ComplexWarning`)."""
+    if np.iscomplexobj(value):
+        raise ValueError(f"`{name}` must be real-valued; got complex values.")
     try:
         array = np.asarray(value, dtype=float)
     except (TypeError, ValueError) as error:
@@ -40,3 +43,14 @@ def check_finite(value, name: str) -> np.ndarray:
             f"`{name}` contains {int(bad.sum())} NaN/inf value(s), first at index {where}."
         )
     return array
+
+
+def is_whole_number(value) -> bool:
+    """Whether `value` is a whole number (an integer, or an integral float such as `4096.0`),
+    and not a bool."""
+    if isinstance(value, (bool, np.bool_)):
+        return False
+    try:
+        return float(value).is_integer()
+    except (TypeError, ValueError, OverflowError):
+        return False

@@ -294,3 +294,21 @@ def test_poisson_counts_of_1e5_in_float32_report_the_right_elbo():
             exact = _poisson_elbo(X, y, 1.0, mean.ravel(), covariance[0], exposure=1e5)
             assert float(result.elbo) == pytest.approx(exact, abs=5e-3)
             assert exact == pytest.approx(optimum, abs=1e-4)
+
+
+def test_input_checks_found_by_a_second_review():
+    """Silently accepted before: `chunk_size=2.5` became 2, complex `X` lost its imaginary part
+    with only NumPy's `ComplexWarning`; `inducing=True` was refused in words about shapes."""
+    rng = np.random.default_rng(0)
+    X, prior = rng.uniform(-3, 3, (40, 2)), ngvi.GPPrior(ngvi.kernels.SquaredExponential())
+    y, probit = (X[:, 0] > 0).astype(float), ngvi.likelihoods.Probit()
+    with pytest.raises(ValueError, match="`chunk_size` must be a positive integer, got 2.5"):
+        ngvi.SparseModel(prior, probit, X, y, inducing=5, chunk_size=2.5)
+    with pytest.raises(ValueError, match="`inducing` must be a whole number of points"):
+        ngvi.SparseModel(prior, probit, X, y, inducing=True)
+    with pytest.raises(ValueError, match="`X` must be real-valued"):
+        ngvi.Model(prior, probit, X + 5j, y)
+    with pytest.raises(ValueError, match="`y` must be real-valued"):
+        ngvi.Model(prior, probit, X, y + 0j)
+    model = ngvi.SparseModel(prior, probit, X, y, inducing=np.int64(5), chunk_size=4096.0)
+    assert model.chunk_size == 4096 and model.inducing.shape == (5, 2)

@@ -7,6 +7,7 @@ from jaxtyping import Array, Float
 
 from .._data import Data, as_inputs, prepare_data, prepare_sharded_data, weighted
 from .._sharding import RowSharding
+from .._validation import is_whole_number
 from ..families import SiteStatistics
 from ..families.views import over_latents
 from ..likelihoods import AbstractLikelihood
@@ -117,8 +118,8 @@ class SparseModel(AbstractModel):
                 f"The inducing inputs have {self.inducing.shape[1]} columns but `X` has "
                 f"{self.data.X.shape[1]}."
             )
-        if int(chunk_size) < 1:
-            raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size}.")
+        if not is_whole_number(chunk_size) or chunk_size < 1:  # 2.5 was taken as 2
+            raise ValueError(f"`chunk_size` must be a positive integer, got {chunk_size!r}.")
         self.prior = prior
         self.likelihood = likelihood
         self.family = check_family(family)
@@ -251,7 +252,7 @@ class SparseModel(AbstractModel):
 def _streamed_rows(X, y, num_data) -> int | None:
     """`num_data` for a model without data (checked), `None` for a model with data."""
     if X is None and y is None:
-        if num_data is None or isinstance(num_data, bool) or int(num_data) != num_data:
+        if num_data is None or not is_whole_number(num_data):
             raise ValueError(
                 "A SparseModel without data (for `fit(..., data=stream)`) needs "
                 "`num_data=`, the number of rows the stream holds."
@@ -276,7 +277,11 @@ def _weighed_rows(X, weights):
 
 
 def _inducing_inputs(inducing, X, seed: int) -> np.ndarray:
-    if isinstance(inducing, (int, np.integer)) and not isinstance(inducing, bool):
+    if isinstance(inducing, (bool, np.bool_)):
+        raise ValueError(
+            f"`inducing` must be a whole number of points or the inputs `(M, d)`; got {inducing!r}."
+        )
+    if isinstance(inducing, (int, np.integer)):
         if inducing < 1:
             raise ValueError(f"`inducing` must be a positive number of points, got {inducing}.")
         if X is None:
