@@ -325,3 +325,24 @@ def test_ten_class_dense_gp_does_not_hang(tmp_path):
         pytest.fail("the ten-class fit hung (no result in 150 s)")
     assert done.returncode == 0, done.stderr[-2000:]
     assert float(done.stdout.strip().splitlines()[-1]) < 1e-9
+
+
+@pytest.mark.parametrize("family", ["mean-field", "coupled"])
+def test_appended_weight_zero_rows_leave_the_monte_carlo_elbo_as_it_is(family):
+    """Reproducer (adversarial review): the softmax's fixed draws were generated `(S, n, C)`,
+    so each point's draws depended on the number of rows `n`; the weight-0 rows the
+    scikit-learn estimators append changed every real point's draws (ELBO -25.315 against
+    -25.367 at the same posterior; predictions moved by 0.02)."""
+    X, y = three_classes(n=40)
+    kernel = ngvi.kernels.SquaredExponential(1.0, 1.0)
+    likelihood = Softmax(3, num_mc_samples=64)
+    model = ngvi.Model(ngvi.GPPrior(kernel), likelihood, X, y, family=family)
+    far = 100.0 + 10.0 * np.arange(7)[:, None] * np.ones((1, X.shape[1]))  # independent rows
+    padded = ngvi.Model(
+        ngvi.GPPrior(kernel), likelihood, np.r_[X, far], np.r_[y, np.zeros(7)], family=family,
+        weights=np.r_[np.ones(40), np.zeros(7)],
+    )  # fmt: skip
+    fitted = ngvi.fit(model, ngvi.NaturalGradient(), 3, tol=0.0, progress=False)
+    fitted_padded = ngvi.fit(padded, ngvi.NaturalGradient(), 3, tol=0.0, progress=False)
+    np.testing.assert_allclose(fitted_padded.history.elbo, fitted.history.elbo, rtol=1e-10)
+    np.testing.assert_allclose(float(fitted_padded.elbo), float(fitted.elbo), rtol=1e-10)

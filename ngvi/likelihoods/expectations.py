@@ -14,6 +14,7 @@ import jax.numpy as jnp
 from jaxtyping import Array, Float, PRNGKeyArray
 
 from ..families.base import Marginals, SiteStatistics
+from .multi import row_major_normal
 
 
 def _per_point(method, y, marginals: Marginals) -> SiteStatistics:
@@ -121,9 +122,7 @@ def coupled_statistics(
     root = jnp.linalg.cholesky(symmetric + _tiny_ridge(symmetric))
     count = likelihood.num_mc_samples
     chunks = -(-count // _SAMPLE_CHUNK)
-    half = jax.random.normal(
-        jax.random.PRNGKey(likelihood.mc_seed), ((count + 1) // 2,) + mean.shape, mean.dtype
-    )
+    half = row_major_normal(likelihood.mc_seed, (count + 1) // 2, mean.shape, mean.dtype)
     noise = jnp.concatenate([half, -half])[:count]
     padding = jnp.zeros((chunks * _SAMPLE_CHUNK - count,) + mean.shape, mean.dtype)
     noise = jnp.concatenate([noise, padding])

@@ -54,9 +54,9 @@ class AbstractMultiLatentLikelihood(AbstractLikelihood):
         return type(self).expected_log_prob is not AbstractMultiLatentLikelihood.expected_log_prob
 
     def _samples(self, mean: Matrix, variance: Matrix) -> Float[Array, "S n C"]:
-        noise = jax.random.normal(
-            jax.random.PRNGKey(self.mc_seed), (self.num_mc_samples,) + mean.shape, mean.dtype
-        )
+        """`num_mc_samples` draws per row, from `mc_seed`, drawn row-major (`row_major_normal`)
+        so that a row's draws do not depend on how many rows follow it."""
+        noise = row_major_normal(self.mc_seed, self.num_mc_samples, mean.shape, mean.dtype)
         return mean[None] + jnp.sqrt(jnp.maximum(variance, 0.0))[None] * noise
 
     def derivatives(self, f: Matrix, y: ArrayLike) -> tuple[Array, Matrix, Matrix]:
@@ -109,3 +109,14 @@ class AbstractMultiLatentLikelihood(AbstractLikelihood):
             f"GaussNewton has no curvature for {type(self).__name__} (several latents); use "
             "NaturalGradient or BLR."
         )
+
+
+def row_major_normal(seed: int, count: int, shape: tuple[int, ...], dtype) -> Array:
+    """Standard normal draws `(count,) + shape` for `shape = (n, ...)`, generated as
+    `(n, count, ...)` and moved: under JAX's partitionable threefry (the default) an entry
+    depends only on its place in the generated array, so row `i`'s draws are the same for any
+    `n`. (Drawn `(count, n, ...)`, they changed with `n`: the weight-0 rows the scikit-learn
+    estimators append changed every real point's draws, and the Monte Carlo fit with them.)"""
+    key = jax.random.PRNGKey(seed)
+    noise = jax.random.normal(key, (shape[0], count) + tuple(shape[1:]), dtype)
+    return jnp.moveaxis(noise, 1, 0)
