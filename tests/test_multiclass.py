@@ -10,6 +10,7 @@ from helpers import robust_max_svgp_optimum
 from jax.scipy.special import ndtr
 
 import ngvi
+from ngvi.fitting.diagnosis import quadrature_warning
 from ngvi.likelihoods import (
     BernoulliLogit,
     Gaussian,
@@ -97,7 +98,7 @@ def test_robust_max_expectation_against_monte_carlo_and_its_derivatives():
         np.testing.assert_allclose(hess[:, c], (up - down) / h, rtol=1e-5, atol=1e-8)
 
 
-def test_robust_max_quadrature_error_is_estimated_and_fit_warns():
+def test_robust_max_quadrature_error_is_estimated():
     """Reproducer (adversarial review): with one class's score much wider than the others',
     RobustMax's 20-node rule put the probability that class 3 wins at 0.294 against 0.312
     (Monte Carlo below), so the ELBO and the class probabilities were off (by 4e-3 nats and
@@ -106,31 +107,46 @@ def test_robust_max_quadrature_error_is_estimated_and_fit_warns():
     mean = jnp.array([[-0.257, 2.733, -1.330, 0.703]])
     variance = jnp.array([[1.487, 0.624, 8.909, 18.923]])
     likelihood = RobustMax(num_classes=4)
-    draws = np.asarray(mean) + np.sqrt(np.asarray(variance)) * np.random.default_rng(
-        0
-    ).standard_normal((400_000, 4))
+    noise = np.random.default_rng(0).standard_normal((400_000, 4))
+    draws = np.asarray(mean) + np.sqrt(np.asarray(variance)) * noise
     exact = np.mean(np.argmax(draws, axis=1) == 3)  # standard error 7e-4
     hit, miss = np.log1p(-1e-3), np.log(1e-3 / 3)
     error = float(likelihood.quadrature_error(jnp.array([3]), mean, variance)[0])
     rule = float(likelihood.winning_probability(jnp.array([3]), mean, variance)[0])
     true_error = abs(rule - exact) * (hit - miss)
     assert true_error > 0.1 and 0.5 * true_error < error < 2.0 * true_error
-    # In a fit: a GP per class, two of them with a wide prior.
+    # The check `fit` runs after its loop, on a model: at the prior, two classes are wide
+    # (`test_a_robust_max_fit_warns_when_its_quadrature_is_off` compares with 200 nodes).
+    model, _ = _wide_robust_max_models()
+    q = model.init_variational()
+    assert "quadrature moves by" in quadrature_warning(model, q, -100.0)  # ELBO: the threshold
+
+
+def _wide_robust_max_models():
+    """A sparse RobustMax GP per class, two of them with a wide prior; and the same at 200
+    nodes."""
     rng = np.random.default_rng(0)
     centres = np.array([[-1.5, -1.0], [1.5, -1.0], [0.0, 1.6], [2.5, 2.5]])
     y = rng.integers(0, 4, 120)
     X = centres[y] + 0.9 * rng.standard_normal((120, 2))
     kernels = [ngvi.kernels.SquaredExponential(s, 1.5) for s in (1.0, 1.0, 30.0, 60.0)]
-    model = ngvi.SparseModel(ngvi.GPPrior(kernels), likelihood, X, y, inducing=X[::4])
+    return tuple(
+        ngvi.SparseModel(
+            ngvi.GPPrior(kernels),
+            RobustMax(4, num_quadrature_points=nodes),
+            X,
+            y,
+            inducing=X[::4],
+        )  # fmt: skip
+        for nodes in (20, 200)
+    )
+
+
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
+def test_a_robust_max_fit_warns_when_its_quadrature_is_off():
+    model, fine = _wide_robust_max_models()
     with pytest.warns(UserWarning, match="Gauss-Hermite quadrature moves by"):
         result = ngvi.fit(model, ngvi.NaturalGradient(lr=0.5), 40, progress=False)
-    fine = ngvi.SparseModel(
-        ngvi.GPPrior(kernels),
-        RobustMax(num_classes=4, num_quadrature_points=200),
-        X,
-        y,
-        inducing=X[::4],
-    )
     off = abs(float(fine.elbo(result.q) - model.elbo(result.q)))
     assert 0.2 * off < float(model.quadrature_error(result.q)) and off > 1e-4
 
