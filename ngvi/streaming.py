@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ._data import Data, _checked
+from ._validation import is_whole_number
 
 
 class Stream:
@@ -52,7 +53,7 @@ class Stream:
         column = np.ndim(y) == 2 and np.shape(y)[1] == 1  # (N, 1), as in-memory models take
         if not (np.ndim(y) == 1 or column) or np.shape(y)[0] != np.shape(X)[0]:
             raise ValueError(f"`y` must have shape ({np.shape(X)[0]},); got {np.shape(y)}.")
-        if isinstance(prefetch, bool) or int(prefetch) != prefetch or prefetch < 1:
+        if not is_whole_number(prefetch) or prefetch < 1:
             raise ValueError(f"`prefetch` must be a positive integer, got {prefetch!r}.")
         self.X, self.y, self.prefetch = X, y, int(prefetch)
 

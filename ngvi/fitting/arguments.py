@@ -5,6 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._validation import is_whole_number
 from ..families import AbstractVariational
 from ..hyperparameters import LearnHyperparameters
 from ..models import AbstractModel
@@ -17,12 +18,12 @@ def check_arguments(model, optimizer, num_steps, tol, batch_size, learn) -> None
         raise TypeError(f"`model` must be an ngvi model, got {type(model).__name__}.")
     if not isinstance(optimizer, AbstractOptimizer):
         raise TypeError(f"`optimizer` must be an ngvi strategy, got {type(optimizer).__name__}.")
-    if isinstance(num_steps, bool) or not float(num_steps).is_integer() or num_steps < 0:
+    if not is_whole_number(num_steps) or num_steps < 0:
         raise ValueError(f"`num_steps` must be a non-negative integer, got {num_steps!r}.")
     if not (np.isfinite(tol) and tol >= 0):
         raise ValueError(f"`tol` must be a finite number >= 0, got {tol!r}.")
     if batch_size is not None:
-        if isinstance(batch_size, bool) or not float(batch_size).is_integer():
+        if not is_whole_number(batch_size):
             raise ValueError(f"`batch_size` must be an integer, got {batch_size!r}.")
         if not model.supports_minibatch:
             model.whitened_view(model.data[:1])  # raises the model's own explanation
@@ -75,7 +76,7 @@ def check_em_settings(
     step (F = max_q ELBO needs one) or L-BFGS pair, negative tolerances."""
     counts = (("max_steps", max_steps, 0), ("max_inner_steps", max_inner_steps, 1))
     for name, value, least in counts + (("memory_size", memory_size, 1),):
-        if isinstance(value, bool) or int(value) != value or value < least:
+        if not is_whole_number(value) or value < least:
             raise ValueError(f"`{name}` must be an integer >= {least}, got {value!r}.")
     for name, value in (("gtol", gtol), ("ftol", ftol), ("inner_tol", inner_tol)):
         if not float(value) >= 0:

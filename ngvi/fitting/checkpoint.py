@@ -29,6 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .._validation import is_whole_number
 from ..serialisation.container import (
     LoadError,
     atomic_write,
@@ -67,7 +68,7 @@ class Checkpoint:
         streamed fit (`data=`), whose reader position is not part of the state."""
         if path is None:
             return None
-        if isinstance(every, bool) or not float(every).is_integer() or every < 1:
+        if not is_whole_number(every) or every < 1:
             raise ValueError(f"`checkpoint_every` must be a positive integer, got {every!r}.")
         if data is not None:
             raise ValueError("`checkpoint=` is not supported for a streamed fit (`data=`) yet.")

@@ -125,7 +125,6 @@ class RobustMax(_Categorical):
 
     epsilon: float = eqx.field(default=1e-3, static=True)
     differentiable: ClassVar[bool] = False  # piecewise constant: zero gradients at samples
-    several_latent_quadrature_error: ClassVar[bool] = True  # `quadrature_error` takes (B, C)
 
     def __check_init__(self):
         super().__check_init__()

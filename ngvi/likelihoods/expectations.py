@@ -72,17 +72,14 @@ def expected_log_prob_error(likelihood, y, marginals: Marginals) -> Float[Array,
 
 def quadrature_error(likelihood, y, marginals: Marginals) -> Float[Array, " B"]:
     """`likelihood.quadrature_error` per point (the change of its quadrature when the nodes are
-    doubled). With several latents, only a likelihood that defines its own rule for them
-    (`RobustMax`) has one; Monte Carlo rules report their error in `expected_log_prob_error`,
-    and a full covariance per point has none here."""
-    zeros = jnp.zeros(marginals.mean.shape[0], marginals.mean.dtype)
+    doubled; for several latents, `(B, C)` marginals, 0 unless the likelihood has a quadrature
+    rule: `RobustMax`); 0 under a full covariance per point, whose Monte Carlo expectations
+    report their error in `expected_log_prob_error`."""
     if marginals.variance.ndim != 2:
-        return zeros
+        return jnp.zeros(marginals.mean.shape[0], marginals.mean.dtype)
     if marginals.mean.shape[1] == 1:
         mean, variance = marginals.mean[:, 0], marginals.variance[:, 0]
         return likelihood.quadrature_error(y, mean, variance)
-    if not getattr(likelihood, "several_latent_quadrature_error", False):
-        return zeros
     return likelihood.quadrature_error(y, marginals.mean, marginals.variance)
 
 

@@ -59,6 +59,11 @@ class AbstractMultiLatentLikelihood(AbstractLikelihood):
         noise = row_major_normal(self.mc_seed, self.num_mc_samples, mean.shape, mean.dtype)
         return mean[None] + jnp.sqrt(jnp.maximum(variance, 0.0))[None] * noise
 
+    def quadrature_error(self, y, mean: Matrix, variance: Matrix) -> Float[Array, " n"]:
+        """0 per point: a closed form, or Monte Carlo, whose error is `expected_log_prob_error`.
+        A subclass with a quadrature rule says how far it may be off (`RobustMax`)."""
+        return jnp.zeros(mean.shape[0], mean.dtype)
+
     def derivatives(self, f: Matrix, y: ArrayLike) -> tuple[Array, Matrix, Matrix]:
         """`log p`, its gradient and the diagonal of its Hessian in `f`, per point."""
 
