@@ -204,6 +204,13 @@ def test_a_custom_chain_whose_schedule_vanishes_is_not_called_converged():
     constant = ngvi.fit(model, ngvi.Adam(optimizer=optax.adam(0.05)), 3000, progress=False)
     assert constant.converged
     assert abs(float(optimum.elbo - constant.elbo)) < 1e-6
+    # Momentum: some updates do not descend (effective step size 0). Reproducer: when the
+    # "scheduled" step size was that same number, the fit stopped at step 6 as
+    # `schedule_ended`, 39 nats short; it is the update's length now.
+    momentum = ngvi.Adam(optimizer=optax.sgd(0.02, momentum=0.95))
+    heavy = ngvi.fit(model, momentum, 3000, progress=False)
+    assert int(np.sum(np.asarray(heavy.history.step_size) == 0)) > 0  # non-descending steps
+    assert heavy.converged and abs(float(optimum.elbo - heavy.elbo)) < 1e-6
 
 
 def test_rejects_bad_learning_rate():

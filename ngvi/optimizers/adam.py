@@ -63,22 +63,26 @@ class Adam(AbstractOptimizer):
         negative_elbo, grads = jax.value_and_grad(loss)(q.parameters)
         updates, state = self.transformation.update(grads, state, q.parameters)
         new_q = q.with_parameters(optax.apply_updates(q.parameters, updates))
+        dtype = negative_elbo.dtype
         if self.optimizer is None:
-            rho = step_size_at(self.lr, step_count).astype(negative_elbo.dtype)
-        else:
-            rho = effective_step_size(grads, updates).astype(negative_elbo.dtype)
-        rho = jnp.maximum(rho, 0.0)
-        info = StepInfo(-negative_elbo, rho, jnp.asarray(0), new_q.min_precision(), rho)
+            rho = scheduled = jnp.maximum(step_size_at(self.lr, step_count).astype(dtype), 0.0)
+        else:  # the chain's own step size is unknown: measure what it did
+            rho, scheduled = (size.astype(dtype) for size in effective_step_size(grads, updates))
+        info = StepInfo(-negative_elbo, rho, jnp.asarray(0), new_q.min_precision(), scheduled)
         return new_q, state, info
 
 
-def effective_step_size(loss_gradient, update) -> Array:
-    """`-(g . u) / ||g||^2` for the gradient `g` of the loss (`-ELBO`) and an optimizer's update
-    `u`: the step size `rho` of the plain gradient step `u = -rho g` with the same first-order
-    gain. It is the chain's step size for SGD and vanishes when the chain's steps do; an update
-    that does not descend gives 0. `fit` divides ELBO changes by it, so with a custom chain
-    its convergence test reads `||g||^2 <= tol (1 + |ELBO|)` to first order, whatever the
-    chain's scaling. (A gradient of exactly 0 gives 1: nothing left to move.)"""
-    descent = -optax.tree.vdot(loss_gradient, update)
+def effective_step_size(loss_gradient, update) -> tuple[Array, Array]:
+    """`(max(-(g . u), 0) / ||g||^2, ||u|| / ||g||)` for the gradient `g` of the loss (`-ELBO`)
+    and an optimizer's update `u`. The first is the step size `rho` of the plain gradient step
+    `u = -rho g` with the same first-order gain (the chain's step size for SGD; 0 for an update
+    that does not descend, e.g. momentum at a turn): `fit` divides ELBO changes by it, so with a
+    custom chain its convergence test reads `||g||^2 <= tol (1 + |ELBO|)` to first order,
+    whatever the chain's scaling. The second, the "scheduled" step size, vanishes only when the
+    chain's updates do (a schedule that decayed to 0: `schedule_ended`), not at a single step
+    that does not descend. (A gradient of exactly 0 gives 1 for both: nothing left to move.)"""
     squared = optax.tree.norm(loss_gradient, squared=True)
-    return jnp.where(squared > 0, descent / jnp.where(squared > 0, squared, 1.0), 1.0)
+    safe = jnp.where(squared > 0, squared, 1.0)
+    descent = jnp.maximum(-optax.tree.vdot(loss_gradient, update), 0.0) / safe
+    length = optax.tree.norm(update) / jnp.sqrt(safe)
+    return jnp.where(squared > 0, descent, 1.0), jnp.where(squared > 0, length, 1.0)
