@@ -7,7 +7,9 @@ One test per failure path that `tests/test_fit.py` does not already cover with a
 - a Cholesky failure when learned hyperparameters leave the kernel's valid region (`failed`);
 - a step-size schedule that reaches 0, for every strategy (`schedule_ended`; `test_fit.py`
   checks `NaturalGradient` in detail);
-- Ctrl-C inside the chunked loop (`interrupted`).
+- Ctrl-C inside the chunked loop (`interrupted`);
+- a user's `log_prob` whose derivatives are NaN where its value is finite (`failed`, and the
+  message names the points), and `fit_hyperparameters` from a start whose ELBO is `-inf`.
 
 `stalled` (no valid step size) is `tests/test_safeguards.py::test_student_t_backoff_fires`.
 
@@ -196,3 +198,46 @@ def test_every_outcome_is_documented_with_what_to_do():
     for name in names:
         assert name in rows, f"outcome {name!r} is not in the table of docs/optimizers.md"
         assert len(rows[name].split("|")[3].strip()) > 20  # says what to do
+
+
+class _OrdinalProbit(ngvi.likelihoods.AbstractLikelihood):
+    """Three ordered classes with cut points at -0.5 and 0.5, written as a user might: the
+    infinite outer cut points make autodiff's derivatives NaN for the outer classes."""
+
+    def log_prob(self, f, y):
+        from jax.scipy.stats import norm
+
+        cuts = jnp.array([-jnp.inf, -0.5, 0.5, jnp.inf])
+        k = y.astype(int)
+        return jnp.log(norm.cdf(cuts[k + 1] - f) - norm.cdf(cuts[k] - f))
+
+
+def test_a_log_prob_with_nan_derivatives_is_named_as_the_cause():
+    # Found by an adversarial probe: the fit said "try a smaller step size", which cannot help.
+    X = np.linspace(-3.0, 3.0, 20)
+    y = np.digitize(np.sin(X) + np.random.default_rng(0).standard_normal(20), [-0.5, 0.5])
+    likelihood = _OrdinalProbit()
+    model = ngvi.Model(
+        ngvi.GPPrior(ngvi.kernels.SquaredExponential(1.0, 1.0)), likelihood, X, y.astype(float)
+    )
+    curvature = jax.vmap(jax.grad(jax.grad(likelihood.log_prob)), (None, 0))
+    nan_at = np.flatnonzero(np.isnan(np.asarray(curvature(0.0, jnp.asarray(y, float)))))
+    assert nan_at.size > 0 and np.isfinite(float(model.elbo(model.init_variational())))
+    with pytest.raises(RuntimeError) as raised:
+        ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), 10, progress=False)
+    message = str(raised.value)
+    assert "expected gradient or curvature" in message and "no step size can help" in message
+    assert f"not finite at {nan_at.size} data point(s): {nan_at[0]} (y = {y[nan_at[0]]})" in message
+
+
+def test_fit_hyperparameters_from_a_start_whose_elbo_is_infinite_says_why():
+    # Found by an adversarial probe: it said a step produced NaN/inf and that "the last finite
+    # hyperparameters were kept", when no finite ones existed; `fit` said why.
+    rng = np.random.default_rng(4)
+    X = np.sort(rng.uniform(-3.0, 3.0, 50))
+    counts = rng.poisson(np.exp(6.0 + np.sin(2.0 * X))).astype(float)  # ~400 to ~3000
+    kernel = ngvi.kernels.SquaredExponential(variance=1e6, lengthscale=1.0)
+    model = ngvi.Model(ngvi.GPPrior(kernel), ngvi.likelihoods.Poisson(), X, counts)
+    assert float(model.elbo(model.init_variational())) == -np.inf  # E[exp f] = exp(5e5)
+    with pytest.raises(ValueError, match=r"starting ELBO is -inf.*not finite at 50 data point"):
+        ngvi.fit_hyperparameters(model)

@@ -145,12 +145,15 @@ def test_fused_pass_equals_marginals_then_statistics_then_pullback(family):
         def statistics(y, marginals, strategy=strategy):
             return strategy.statistics(model, y, marginals, None)
 
-        fused = model.statistics_and_target(q, None, statistics, 1.0, fuse=True)
-        staged = model.statistics_and_target(q, None, statistics, 1.0, fuse=False)
+        # Compiled, as a step runs them (eagerly, every small op compiles on its own).
+        @eqx.filter_jit
+        def pass_over(model, fuse, statistics=statistics):
+            return model.statistics_and_target(q, None, statistics, 1.0, fuse=fuse)
+
+        fused, staged = pass_over(model, True), pass_over(model, False)
         assert fused[3] is None and staged[3] is not None
         assert eqx.tree_equal(fused[:3], staged[:3], rtol=1e-12, atol=1e-12)
-        unweighted = eqx.tree_at(lambda m: m.data.weight, model, None)
-        plain = unweighted.statistics_and_target(q, None, statistics, 1.0, fuse=True)
+        plain = pass_over(eqx.tree_at(lambda m: m.data.weight, model, None), True)
         assert abs(float(plain[0] - fused[0])) > 1.0  # the weights are applied
 
 

@@ -5,11 +5,21 @@ import equinox as eqx
 import jax.numpy as jnp
 import numpy as np
 
+from ..likelihoods.expectations import expected_statistics
+
 
 @eqx.filter_jit
 def _pointwise(model, q):
     marginals, kl = model.latent_marginals_and_kl(q)
-    return model.expected_log_likelihood(model.y, marginals), kl, marginals
+    statistics = expected_statistics(model.likelihood, model.y, marginals)
+    finite = jnp.isfinite(statistics.grad) & jnp.isfinite(statistics.hess)
+    derivatives_finite = jnp.all(finite.reshape(finite.shape[0], -1), axis=1)
+    return model.expected_log_likelihood(model.y, marginals), kl, derivatives_finite
+
+
+def _points(model, indices) -> str:
+    shown = ", ".join(f"{int(i)} (y = {float(model.y[i]):g})" for i in indices[:5])
+    return shown + ("" if indices.size <= 5 else f" and {indices.size - 5} more")
 
 
 def describe_failure(model, q) -> str:
@@ -19,19 +29,27 @@ def describe_failure(model, q) -> str:
     prior_problem = model.diagnose(q)
     if prior_problem:
         return prior_problem
-    expected, kl, marginals = _pointwise(model, q)
-    expected = np.asarray(expected)
-    bad = np.flatnonzero(~np.isfinite(expected))
+    expected, kl, derivatives_finite = _pointwise(model, q)
+    bad = np.flatnonzero(~np.isfinite(np.asarray(expected)))
     if bad.size:
-        shown = ", ".join(f"{int(i)} (y = {float(model.y[i]):g})" for i in bad[:5])
-        more = "" if bad.size <= 5 else f" and {bad.size - 5} more"
         return (
-            f"The expected log-likelihood is not finite at {bad.size} data point(s): {shown}"
-            f"{more}. Check those targets against the likelihood's support and its `log_prob` "
-            "there (for very large counts, set the prior mean near log(mean count))."
+            f"The expected log-likelihood is not finite at {bad.size} data point(s): "
+            f"{_points(model, bad)}. Check those targets against the likelihood's support and "
+            "its `log_prob` there (for very large counts, set the prior mean near log(mean "
+            "count))."
         )
     if not bool(jnp.isfinite(kl)):
         return "KL(q || p) is not finite: the posterior or the prior covariance is degenerate."
+    bad = np.flatnonzero(~np.asarray(derivatives_finite))
+    if bad.size:
+        return (
+            "The likelihood's expected gradient or curvature (of `log_prob` in the latent) is "
+            f"not finite at {bad.size} data point(s): {_points(model, bad)}, where its "
+            "expected value is finite, so no step size can help. Write `log_prob` so that "
+            "its first two derivatives are finite there (autodiff through an infinite or "
+            "clipped intermediate, e.g. `log(Phi(inf - f) - Phi(c - f))`, gives NaN; use "
+            "`jnp.where` branches or `log_ndtr`)."
+        )
     return "Try a smaller step size or the strategy's safeguards."
 
 

@@ -30,6 +30,7 @@ times before the fit ends as `failed`. **Converged** means `max |dF/dtheta| <= g
 shape.
 """
 
+import math
 import warnings
 
 import equinox as eqx
@@ -44,7 +45,7 @@ from ..models import AbstractModel
 from ..optimizers import NaturalGradient
 from ..optimizers.base import AbstractOptimizer
 from .arguments import check_em_settings, checked_q
-from .diagnosis import quadrature_warning
+from .diagnosis import describe_failure, quadrature_warning
 from .em_result import HyperparameterOutcome, HyperparameterResult
 from .lbfgs import direction as _direction, empty_memory, remember as _remember
 from .loop import _all_finite
@@ -86,6 +87,9 @@ def fit_hyperparameters(
     - `throw`: raise `RuntimeError` if a step produced NaN/inf (and 30 halvings of it did too)
       instead of returning.
 
+    **Raises:** `ValueError` for a starting ELBO that is not finite (naming the data points
+    or the part of the prior that make it so).
+
     **Returns:** a `HyperparameterResult`; `result.converged` is `True` only for the
     `converged` outcome.
 
@@ -115,6 +119,10 @@ def fit_hyperparameters(
         learned, rest, q, strategy, int(memory_size), jnp.asarray(max_steps),
         jnp.asarray(max_inner_steps), *tolerances,
     )  # fmt: skip
+    if result.outcome == HyperparameterOutcome.failed and int(result.num_steps) == 0:
+        start = float(model.elbo(q))  # checked here, not before: one compilation less
+        if not math.isfinite(start):  # no finite hyperparameters to fall back on
+            raise ValueError(f"The starting ELBO is {start}. " + describe_failure(model, q))
     if throw and result.outcome == HyperparameterOutcome.failed:
         raise RuntimeError(
             f"fit_hyperparameters failed after {int(result.num_steps)} steps: {result.message}. "
