@@ -1,5 +1,7 @@
 """Predictions at new inputs: latent marginals and the likelihood's predictive moments."""
 
+import warnings
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -44,8 +46,10 @@ def _predict(model, q, X_new):
     if mean.shape[1] == 1:
         mean, variance = mean[:, 0], variance[:, 0]
     if not _has_predictive(model.likelihood):
-        return mean, variance, None, None
-    return mean, variance, *model.likelihood.predictive_moments(mean, variance)
+        return (mean, variance, None, None), None
+    moments = model.likelihood.predictive_moments(mean, variance)
+    error = getattr(model.likelihood, "predictive_error", None)  # several latents' rules
+    return (mean, variance, *moments), None if error is None else jnp.max(error(mean, variance))
 
 
 def predict(model, q, X_new) -> Prediction:
@@ -71,12 +75,22 @@ def predict(model, q, X_new) -> Prediction:
             f"`X_new` has {X_new.shape[1]} columns but the model was fitted on {model.num_inputs}."
         )
     try:
-        return Prediction(*_predict(model, q, X_new))
+        fields, error = _predict(model, q, X_new)
     except (TypeError, ValueError) as error:
         mismatch = _q_mismatch(model, q)  # only looked for once the computation failed
         if mismatch:
             raise ValueError(mismatch) from error
         raise
+    if error is not None and float(error) > 1e-3:
+        warnings.warn(
+            f"ngvi.predict: {type(model.likelihood).__name__}'s "
+            f"{model.likelihood.num_quadrature_points}-node quadrature of the predictive "
+            f"probabilities moves by up to {float(error):.2g} when its nodes are doubled (one "
+            "latent's predictive variance is much wider than another's), so they are accurate "
+            "only to about that: raise the likelihood's `num_quadrature_points`.",
+            stacklevel=2,
+        )
+    return Prediction(*fields)
 
 
 def _q_mismatch(model, q) -> str:
