@@ -230,3 +230,66 @@ def test_a_nan_gradient_at_a_candidate_halves_the_step_instead_of_failing():
     inside = eqx.tree_at(lambda m: m.likelihood.log_variance, model, jnp.asarray(-2.0))
     failed = ngvi.fit_hyperparameters(inside, where=where, max_steps=40, throw=False)
     assert failed.outcome == ngvi.HyperparameterOutcome.failed and int(failed.num_steps) == 0
+
+
+def _counts(n=50):
+    rng = np.random.default_rng(4)
+    X = np.sort(rng.uniform(-3.0, 3.0, n))
+    return X, rng.poisson(np.exp(6.0 + np.sin(2.0 * X))).astype(float)
+
+
+def test_a_long_lengthscale_start_does_not_jump_to_white_noise():
+    # Found by an adversarial probe: one uncapped L-BFGS step from lengthscale 1000 went to
+    # 1e-23, where the kernel underflows to white noise and dF/dtheta is exactly 0, and the fit
+    # said "converged" at F = -454.06 (the white-noise model's F, checked by the probe with an
+    # independent per-point optimisation); from lengthscale 1 it reaches F = -251.55.
+    X, counts = _counts()
+
+    def learned(lengthscale):
+        kernel = ngvi.kernels.SquaredExponential(1.0, lengthscale)
+        model = ngvi.Model(ngvi.GPPrior(kernel), ngvi.likelihoods.Poisson(), X, counts)
+        return ngvi.fit_hyperparameters(model)
+
+    near, far = learned(1.0), learned(1000.0)
+    assert near.converged and far.converged
+    assert abs(float(far.elbo) - float(near.elbo)) < 1e-6 * abs(float(near.elbo))
+    assert float(far.elbo) > -300.0  # the white-noise plateau is at -454
+
+
+def test_a_vanishing_signal_variance_start_climbs_off_its_plateau():
+    # Found by an adversarial probe: from signal variance 1e-6, F rises with the variance but
+    # dF/dlog(variance) ~ 1e-4; the first steepest-ascent step was scaled by the gradient, moved
+    # F by 1e-9, and the fit "converged" there, 15 nats below the optimum from variance 1.
+    rng = np.random.default_rng(4)
+    X = np.sort(rng.uniform(-3.0, 3.0, 50))
+    y = np.where(np.sin(2.0 * X) + 0.3 * rng.standard_normal(50) > 0, 1.0, -1.0)
+
+    def learned(variance):
+        kernel = ngvi.kernels.SquaredExponential(variance, 1.0)
+        model = ngvi.Model(ngvi.GPPrior(kernel), ngvi.likelihoods.Probit(), X, y)
+        return ngvi.fit_hyperparameters(model)
+
+    near, far = learned(1.0), learned(1e-6)
+    assert near.converged and far.converged
+    assert abs(float(far.elbo) - float(near.elbo)) < 1e-5 * abs(float(near.elbo))
+    assert float(far.elbo) > 50 * np.log(0.5) + 10.0  # the plateau's F is n log(1/2)
+
+
+def test_a_posterior_left_at_the_prior_warns():
+    # From lengthscales 1000 on inputs spread over [-2, 2], the kernel is constant at the data,
+    # and F rises by shrinking the signal variance towards 0: a plateau where the fit stops
+    # with q = p. Its F is then n log(1/2) (the probit at f = 0), computed here independently.
+    rng = np.random.default_rng(0)
+    X = rng.uniform(-2.0, 2.0, (30, 2))
+    y = np.where(np.sin(2.0 * X[:, 0]) + X[:, 1] > 0, 1.0, -1.0)
+    kernel = ngvi.kernels.SquaredExponential(1.0, np.array([1000.0, 1000.0]))
+    model = ngvi.Model(ngvi.GPPrior(kernel), ngvi.likelihoods.Probit(), X, y)
+    with pytest.warns(UserWarning, match="leave the posterior at the prior"):
+        result = ngvi.fit_hyperparameters(model)
+    np.testing.assert_allclose(float(result.elbo), 30 * np.log(0.5), rtol=1e-6)
+    good = ngvi.fit_hyperparameters(
+        eqx.tree_at(
+            lambda m: m.prior.kernel, model, ngvi.kernels.SquaredExponential(1.0, np.ones(2))
+        )
+    )
+    assert float(good.kl) > 1.0 and float(good.elbo) > float(result.elbo) + 1.0

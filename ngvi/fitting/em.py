@@ -13,8 +13,9 @@ GP's sites) at their optimum `q*` for `theta`, the envelope theorem gives
 `ELBO(theta', q*) <= F(theta')` is a minoriser of `F` that is tight at `theta`. So one
 iteration
 
-1. takes an L-BFGS step on `theta -> ELBO(theta, q*)` with `q*` fixed, with a backtracking
-   line search that enforces sufficient increase (Armijo) of this minoriser;
+1. takes an L-BFGS step on `theta -> ELBO(theta, q*)` with `q*` fixed, at most
+   `MAX_LOG_STEP` (3) in any log-hyperparameter, with a backtracking line search that enforces
+   sufficient increase (Armijo) of this minoriser;
 2. re-solves `q` for the new `theta` by natural-gradient steps warm-started at the old `q*`,
    until the ELBO changes in a step by at most `inner_tol * (1 + |ELBO|)` or
    `inner_fraction` (0.1) times the last increase of `F`, whichever is larger: an inexact
@@ -27,7 +28,10 @@ lowers `F` ends as `stalled`). A candidate whose re-solve or gradient is NaN/inf
 search sees only the minoriser's values) is rejected and the step towards it halved, up to 30
 times before the fit ends as `failed`. **Converged** means `max |dF/dtheta| <= gtol (1 + |F|)`
 *and* a last change of `F` of at most `ftol (1 + |F|)`. One `lax.while_loop`, compiled per
-shape.
+shape. A converged fit whose posterior is still the prior (`KL(q || p)` below
+`1e-6 (1 + |F|)`) warns: `F`'s gradient also vanishes on its plateaus (a constant or white-noise
+kernel at the data, a vanishing signal variance), where no local test can tell a plateau
+from an optimum.
 """
 
 import math
@@ -49,6 +53,13 @@ from .diagnosis import describe_failure, quadrature_warning
 from .em_result import HyperparameterOutcome, HyperparameterResult
 from .lbfgs import direction as _direction, empty_memory, remember as _remember
 from .loop import _all_finite
+
+MAX_LOG_STEP = 3.0
+"""The largest change of any log-hyperparameter in one L-BFGS step (a factor `e^3 ~ 20`). An
+uncapped quasi-Newton step from lengthscale 1000 on Poisson counts jumped to 1e-23, where the
+kernel underflows to white noise and `dF/dtheta` is exactly 0: "converged" 202 nats below the
+optimum. Capped, the same start reaches the optimum; on the benchmarks' data sets the cap left
+`F` and the iteration counts as they were, or better (ionosphere: 72 iterations, not 106)."""
 
 
 def fit_hyperparameters(
@@ -132,7 +143,20 @@ def fit_hyperparameters(
         inaccurate = quadrature_warning(result.model, result.q, result.elbo)
         if inaccurate:
             warnings.warn(f"ngvi.fit_hyperparameters: {inaccurate}", stacklevel=2)
+        if float(result.kl) < 1e-6 * (1.0 + abs(float(result.elbo))):  # the data moved nothing
+            warnings.warn(f"ngvi.fit_hyperparameters: {_explains_nothing(result)}", stacklevel=2)
     return result
+
+
+def _explains_nothing(result) -> str:
+    return (
+        f"the learned hyperparameters leave the posterior at the prior (KL(q || p) = "
+        f"{float(result.kl):.2g} nats): the latent function explains none of the data, either "
+        "because the data carry no signal this model can use, or because the fit settled on a "
+        "plateau of F where its gradient vanishes (lengthscales far longer or shorter than the "
+        "inputs' spacing, or a vanishing signal variance). If the data have structure, start "
+        "from other hyperparameters (signal variance ~1, lengthscales near the inputs' spread)."
+    )
 
 
 class _Carry(eqx.Module):
@@ -195,9 +219,9 @@ def _solve(
         return best, k
 
     def line_search(theta, q, value, grad, d):
-        """Halve the step from 1 until the minoriser rises by a 1e-4 share of its slope; stay
-        at `theta` if 30 halvings do not."""
-        slope = grad @ d
+        """Halve the step from 1 (the direction `d` capped at `MAX_LOG_STEP` per
+        hyperparameter) until the minoriser rises by a 1e-4 share of its slope; stay at `theta`
+        if 30 halvings do not."""
 
         def running(c):
             return ~c[1] & (c[2] < 30)
@@ -207,6 +231,9 @@ def _solve(
             ok = negative_elbo(theta + alpha * d, q) <= value + 1e-4 * alpha * slope
             return jnp.where(ok, alpha, 0.5 * alpha), ok, k + 1
 
+        largest = jnp.max(jnp.abs(d))
+        d = d * jnp.minimum(1.0, MAX_LOG_STEP / jnp.where(largest > 0, largest, 1.0))
+        slope = grad @ d
         start = (jnp.ones((), theta.dtype), slope >= 0, jnp.asarray(0))
         alpha, ok, _ = jax.lax.while_loop(running, body, start)
         return theta + jnp.where(ok & (slope < 0), alpha, 0.0) * d
@@ -263,7 +290,8 @@ def _solve(
 
     c = jax.lax.while_loop(running, iterate, start)
     theta, q, value, grad = c.best
+    model = model_at(theta)
     return HyperparameterResult(
-        model_at(theta), q, -value, jnp.max(jnp.abs(grad)), c.change,
-        jnp.maximum(c.step, 0), c.inner_steps, c.outcome,
+        model, q, -value, jnp.max(jnp.abs(grad)), c.change, jnp.maximum(c.step, 0),
+        c.inner_steps, c.outcome, model.latent_marginals_and_kl(q)[1],
     )  # fmt: skip

@@ -34,6 +34,7 @@ class HyperparameterResult(eqx.Module):
     - `elbo_change`: how much the last iteration raised `F`.
     - `num_steps`: L-BFGS iterations; `num_inner_steps`: natural-gradient steps in all.
     - `outcome`: a `HyperparameterOutcome`; `converged` says whether it is `converged`.
+    - `kl`: `KL(q || p)` at the learned hyperparameters (near 0: the data moved nothing).
     """
 
     model: AbstractModel
@@ -44,6 +45,7 @@ class HyperparameterResult(eqx.Module):
     num_steps: Int[Array, ""]
     num_inner_steps: Int[Array, ""]
     outcome: HyperparameterOutcome
+    kl: Float[Array, ""]
 
     @property
     def message(self) -> str:
