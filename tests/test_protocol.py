@@ -125,29 +125,3 @@ def test_float32_adam_does_not_claim_convergence_short_of_the_optimum():
     optimum = float(ngvi.fit(model64, ngvi.NaturalGradient(), 50, progress=False).elbo)
     assert result.outcome != ngvi.FitOutcome.converged or optimum - elbo < 0.1
     assert jnp.isfinite(elbo)
-
-
-def test_float32_mean_field_natural_gradient_converges_where_float32_settles():
-    # Found by an adversarial probe: with the convergence floor at 100 eps of |ELBO| (9.3e-3
-    # nats here), this float32 fit said "converged" while moving ~4e-3 nats per step, 0.08
-    # nats below float64's optimum; the same float32 fit continued gained 0.06.
-    rng = np.random.default_rng(3)
-    # the probe's draws before this data set, which it shared with others
-    rng.uniform(size=60), rng.standard_normal(60 + 1000), rng.logistic(size=200)
-    X = rng.uniform(-3.0, 3.0, (400, 1))
-    y = rng.poisson(np.exp(1.0 + np.sin(2.0 * X[:, 0]))).astype(float)
-
-    def fitted(num_steps):
-        kernel = ngvi.kernels.SquaredExponential(1.0, 0.8)
-        prior = ngvi.GPPrior(kernel, mean=1.0)
-        model = ngvi.SparseModel(
-            prior, ngvi.likelihoods.Poisson(), X, y, inducing=X[:15], family="mean-field"
-        )
-        return ngvi.fit(model, ngvi.NaturalGradient(lr=0.7), num_steps, progress=False)
-
-    with jax.enable_x64(False):
-        result = fitted(500)
-        assert result.elbo.dtype == jnp.float32 and result.converged
-        elbo = float(result.elbo)
-    optimum = float(fitted(2000).elbo)  # float64
-    assert abs(optimum - elbo) < 0.02, (optimum, elbo)
