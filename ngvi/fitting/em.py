@@ -14,7 +14,7 @@ GP's sites) at their optimum `q*` for `theta`, the envelope theorem gives
 iteration
 
 1. takes an L-BFGS step on `theta -> ELBO(theta, q*)` with `q*` fixed, at most
-   `MAX_LOG_STEP` (3) in any log-hyperparameter, with a backtracking line search that enforces
+   `MAX_LOG_STEP` (10) in any log-hyperparameter, with a backtracking line search that enforces
    sufficient increase (Armijo) of this minoriser;
 2. re-solves `q` for the new `theta` by natural-gradient steps warm-started at the old `q*`,
    until the ELBO changes in a step by at most `inner_tol * (1 + |ELBO|)` or
@@ -54,12 +54,14 @@ from .em_result import HyperparameterOutcome, HyperparameterResult
 from .lbfgs import direction as _direction, empty_memory, remember as _remember
 from .loop import _all_finite
 
-MAX_LOG_STEP = 3.0
-"""The largest change of any log-hyperparameter in one L-BFGS step (a factor `e^3 ~ 20`). An
-uncapped quasi-Newton step from lengthscale 1000 on Poisson counts jumped to 1e-23, where the
-kernel underflows to white noise and `dF/dtheta` is exactly 0: "converged" 202 nats below the
-optimum. Capped, the same start reaches the optimum; on the benchmarks' data sets the cap left
-`F` and the iteration counts as they were, or better (ionosphere: 72 iterations, not 106)."""
+MAX_LOG_STEP = 10.0
+"""The largest change of any log-hyperparameter in one L-BFGS step (a factor `e^10 ~ 2e4`): a
+safeguard against absurd jumps, not a trust region. An uncapped quasi-Newton step from
+lengthscale 1000 on Poisson counts jumped to 1e-23, where the kernel underflows to white
+noise and `dF/dtheta` is exactly 0: "converged" 202 nats below the optimum; capped, the same
+start reaches the optimum. Tighter caps change which local optimum ARD fits reach: on
+ionosphere's five folds (32 lengthscales) held-out NLPD 0.295 uncapped, 0.305 at 10, 0.326 at 3
+and 6, all within the folds' spread (0.07)."""
 
 
 def fit_hyperparameters(
