@@ -48,8 +48,8 @@ def _predict(model, q, X_new):
     if not _has_predictive(model.likelihood):
         return (mean, variance, None, None), None
     moments = model.likelihood.predictive_moments(mean, variance)
-    error = getattr(model.likelihood, "predictive_error", None)  # several latents' rules
-    return (mean, variance, *moments), None if error is None else jnp.max(error(mean, variance))
+    error = jnp.max(model.likelihood.predictive_error(mean, variance), initial=0.0)
+    return (mean, variance, *moments), error
 
 
 def predict(model, q, X_new) -> Prediction:

@@ -166,6 +166,12 @@ class AbstractLikelihood(eqx.Module):
 
         return gauss_hermite_expectation(integrand, mean, variance, self.num_quadrature_points)
 
+    def predictive_error(self, mean: Array, variance: Array) -> Float[Array, " n"]:
+        """How far `predictive_moments`' mean may be off per point (largest over the latents;
+        0 here: closed forms, quadrature of smooth integrands, or Monte Carlo). A rule that can
+        miss says so (`RobustMax`); `ngvi.predict` warns when it exceeds `1e-3`."""
+        return jnp.zeros(jnp.shape(mean)[0], jnp.asarray(mean).dtype)
+
     def predictive_moments(self, mean: Vector, variance: Vector) -> tuple[Vector, Vector]:
         r"""$(\mathbb{E}[y_i],\ \mathrm{Var}[y_i])$ when $f_i \sim \mathcal{N}(m_i, v_i)$.
 

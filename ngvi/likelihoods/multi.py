@@ -64,11 +64,6 @@ class AbstractMultiLatentLikelihood(AbstractLikelihood):
         A subclass with a quadrature rule says how far it may be off (`RobustMax`)."""
         return jnp.zeros(mean.shape[0], mean.dtype)
 
-    def predictive_error(self, mean: Matrix, variance) -> Float[Array, " n"]:
-        """How far `predictive_moments`' mean may be off per point (largest over the latents;
-        0 here: a closed form or Monte Carlo). `ngvi.predict` warns when it exceeds `1e-3`."""
-        return jnp.zeros(mean.shape[0], mean.dtype)
-
     def derivatives(self, f: Matrix, y: ArrayLike) -> tuple[Array, Matrix, Matrix]:
         """`log p`, its gradient and the diagonal of its Hessian in `f`, per point."""
 
