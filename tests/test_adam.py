@@ -183,6 +183,7 @@ def test_a_custom_chain_reports_its_effective_step_size():
     np.testing.assert_allclose(sgd.history.step_size, 1e-3, rtol=1e-12)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_a_custom_chain_whose_schedule_vanishes_is_not_called_converged():
     """Reproducer (adversarial review): `Adam(optimizer=optax.adam(decaying schedule))` was
     reported `converged` 19 nats below the optimum: `fit` divided its ELBO changes by the unused

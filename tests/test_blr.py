@@ -269,6 +269,7 @@ def _student_t_hessian(f, y, df, scale):
     return (df + 1.0) * (r2 - a) / (a + r2) ** 2
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_site_backoff_instead_of_clip():
     # Sites W = 1, lam1 = y: the posterior mean stays near the outliers' labels only partly,
     # so at the three outliers the Student-t Hessian at the mean is positive and the target

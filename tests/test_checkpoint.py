@@ -52,6 +52,7 @@ def test_resume_keeps_the_minibatches_and_monte_carlo_draws(tmp_path):
     assert _same(resumed, reference)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_a_checkpoint_of_another_fit_is_refused(tmp_path):
     model = tutorial_model()
     path = tmp_path / "fit.ckpt"

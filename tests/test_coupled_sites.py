@@ -76,6 +76,7 @@ def test_one_natural_step_is_the_exact_coupled_posterior():
     assert abs(elbo - log_ml) < 4 * error
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_mean_field_across_latents_cannot_reach_the_coupled_posterior():
     prior, X, y, kernels = _weighted_sum_problem()
     elbos = {}

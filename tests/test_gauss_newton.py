@@ -52,6 +52,7 @@ def logistic():
     return ngvi.Model(prior, ngvi.likelihoods.BernoulliLogit(), X, y)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_logistic_regression_fixed_point(logistic):
     model = logistic
     # tol=0: run all 50 steps so that the parameters (not just the ELBO) are converged.
@@ -100,7 +101,7 @@ def test_gauss_newton_compiles_once(logistic):
     assert count_fit_step_traces(ngvi.GaussNewton(), [logistic, logistic]) == 1
 
 
-@pytest.mark.parametrize("df", [1.0, 2.0])
+@pytest.mark.parametrize("df", [pytest.param(1.0, marks=pytest.mark.slow), 2.0])
 def test_refuses_a_student_t_without_finite_variance(df):
     """Student-t with `df <= 2` has infinite `Var[y | f]`, so `H_GN = 0` everywhere: the step
     has no curvature and does not converge (issue 13: the ELBO fell from -173.7 to -313.2).

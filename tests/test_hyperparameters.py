@@ -102,6 +102,7 @@ def test_tiny_hyperparameter_steps_do_not_pass_for_convergence():
         ngvi.LearnHyperparameters(gtol=-1.0)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_result_model_and_q_are_consistent():
     X, y = _regression_data(30)
     model = _gaussian_model(X, y)
@@ -159,6 +160,7 @@ def test_probit_learning_increases_the_elbo():
     assert abs(float(model.elbo(rebuilt)) - float(learned.elbo)) > 1e-3  # not the old kernel
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_where_restricts_what_is_learned():
     X, y = _regression_data(30)
     model = _gaussian_model(X, y)

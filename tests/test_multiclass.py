@@ -198,6 +198,7 @@ def _reference(X, y, likelihood_log_prob, kernel_args=(1.0, 1.0), samples=None):
     return -float(solution.fun)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_softmax_natural_gradient_reaches_the_independent_optimum():
     X, y = three_classes(n=30)
     likelihood = Softmax(3, num_mc_samples=20_000)
@@ -245,6 +246,7 @@ def test_heteroscedastic_gaussian_recovers_the_noise():
     assert rmse < 0.15  # the log noise sd is recovered to 0.15 (its range is 1.2)
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_heteroscedastic_with_constant_noise_is_as_good_as_homoscedastic():
     rng = np.random.default_rng(5)
     X = np.linspace(-3, 3, 200)
@@ -346,7 +348,7 @@ def test_ten_class_dense_gp_does_not_hang(tmp_path):
     assert float(done.stdout.strip().splitlines()[-1]) < 1e-9
 
 
-@pytest.mark.parametrize("family", ["mean-field", "coupled"])
+@pytest.mark.parametrize("family", ["mean-field", pytest.param("coupled", marks=pytest.mark.slow)])
 def test_appended_weight_zero_rows_leave_the_monte_carlo_elbo_as_it_is(family):
     """Reproducer (adversarial review): the softmax's fixed draws were generated `(S, n, C)`,
     so each point's draws depended on the number of rows `n`; the weight-0 rows the

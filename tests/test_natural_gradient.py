@@ -346,6 +346,7 @@ def test_poisson_coal_mining_converges_to_a_stationary_point():
     assert rate[:30].mean() > 2 * rate[-40:].mean()
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_probit_banana_converges_to_a_stationary_point():
     model = banana_model()
     result = assert_converges_to_stationary_point(model)

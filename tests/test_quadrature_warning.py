@@ -65,6 +65,7 @@ def _marginals(model, q):
     return model.latent_marginals_and_kl(q)[0]
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_moderate_marginals_and_exact_rules_do_not_warn():
     for likelihood, variance in [
         (ngvi.likelihoods.Probit(), 1.0),

@@ -68,6 +68,7 @@ def test_per_point_exposure_is_refused_where_rows_are_chunked_or_batched():
     ngvi.SparseModel(prior, scalar, X, y, inducing=X[:10])
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_predict_on_a_model_fitted_from_a_stream():
     # `predict` read the number of input columns from the model's data, which a model made
     # for a streamed fit does not hold (AttributeError on `None.X`).
@@ -104,7 +105,7 @@ def test_checkpoint_with_a_typed_prng_key(tmp_path):
     assert float(again.elbo) == float(plain.elbo)
 
 
-@pytest.mark.parametrize("learn", [False, True])
+@pytest.mark.parametrize("learn", [False, pytest.param(True, marks=pytest.mark.slow)])
 def test_every_estimator_path_warns_when_it_did_not_converge(learn):
     # Only the binary classifier's variational-EM path warned; a one-step fit with fixed
     # hyperparameters (probabilities 0.04 from the converged ones) and multi-class fits were
@@ -151,6 +152,7 @@ def test_predict_with_another_models_q_says_so():
         ngvi.predict(five, ngvi.Model(prior, likelihood, X, y).init_variational(), X[:3])
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_heteroscedastic_predictions_from_the_coupled_family():
     # `predictive_moments` read `variance[:, 1]` from the coupled family's (n, 2, 2)
     # covariances and failed with a broadcasting error.

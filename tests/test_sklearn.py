@@ -179,6 +179,7 @@ def test_get_set_params_round_trip():
     assert GaussianProcessRegressor(**reg.get_params()).get_params() == reg.get_params()
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_random_state_reproducible(banana_split):
     X, y, X_test, _ = banana_split
     fits = [

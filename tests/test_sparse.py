@@ -131,7 +131,7 @@ def test_chunked_passes_equal_one_pass():
     assert eqx.tree_equal(step_one.q, step_chunked.q, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("family", ["full", "mean-field"])
+@pytest.mark.parametrize("family", ["full", pytest.param("mean-field", marks=pytest.mark.slow)])
 def test_fused_pass_equals_marginals_then_statistics_then_pullback(family):
     # The step's one pass over chunks (kernel block built once) against the protocol's three
     # stages in turn, with overlapping chunks (300 does not divide 1000) and point weights.

@@ -109,6 +109,7 @@ class _Compilations(logging.Handler):
             self.count += 1
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_estimator_folds_of_neighbouring_sizes_share_one_compiled_fit():
     pytest.importorskip("sklearn")
     from ngvi.sklearn import GaussianProcessClassifier
@@ -146,6 +147,7 @@ def test_estimator_folds_of_neighbouring_sizes_share_one_compiled_fit():
         )
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_sparse_weights_full_batch_and_minibatch():
     X, y = (np.asarray(a) for a in ngvi.datasets.banana_large())
     X, y = X[:700], y[:700]
