@@ -14,7 +14,15 @@ def _hermite_rule(num_points: int) -> tuple[np.ndarray, np.ndarray]:
     """Probabilists' Gauss-Hermite nodes and weights, the weights normalised to sum to one."""
     if num_points < 1:
         raise ValueError(f"`num_points` must be a positive integer, got {num_points}.")
-    nodes, weights = np.polynomial.hermite_e.hermegauss(num_points)
+    with np.errstate(all="ignore"):
+        nodes, weights = np.polynomial.hermite_e.hermegauss(num_points)
+    if not np.all(np.isfinite(weights)):
+        # numpy's rule overflows beyond ~300 nodes (NaN weights at 400). Golub-Welsch: the nodes
+        # are the eigenvalues of the Jacobi matrix of the probabilists' Hermite recurrence
+        # (off-diagonal sqrt(k)), the weights the squared first components of its eigenvectors.
+        jacobi = np.diag(np.sqrt(np.arange(1.0, num_points)), 1)
+        nodes, vectors = np.linalg.eigh(jacobi + jacobi.T)
+        weights = vectors[0] ** 2
     return nodes, weights / weights.sum()
 
 

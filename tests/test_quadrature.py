@@ -40,6 +40,20 @@ def test_polynomial_exactness_depends_on_num_points():
     assert abs(inexact[0] - 105.0) > 1.0
 
 
+@pytest.mark.parametrize("num_points", [400, 1000])
+def test_rules_with_hundreds_of_nodes_are_finite_and_exact(num_points):
+    # numpy's `hermegauss` returns NaN weights beyond ~300 nodes; a likelihood with
+    # `num_quadrature_points=200` met it in its doubled-node accuracy check, and at 400 its ELBO
+    # was NaN. Truth: the moments of N(0.3, 2) and E[cos f] = cos(m) exp(-v / 2).
+    m, v = jnp.array([0.3]), jnp.array([2.0])
+    for k in (2, 4, 8):
+        got = gauss_hermite_expectation(lambda f, k=k: f**k, m, v, num_points)
+        want = scipy.stats.norm(0.3, np.sqrt(2.0)).moment(k)
+        np.testing.assert_allclose(got, want, rtol=1e-12)
+    got = gauss_hermite_expectation(jnp.cos, m, v, num_points)
+    np.testing.assert_allclose(got, np.cos(0.3) * np.exp(-1.0), rtol=1e-12)
+
+
 def test_exp_matches_lognormal_mean():
     got = gauss_hermite_expectation(jnp.exp, jnp.asarray(MEAN), jnp.asarray(VARIANCE))
     np.testing.assert_allclose(got, np.exp(MEAN + VARIANCE / 2), rtol=1e-12)
