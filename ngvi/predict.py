@@ -81,16 +81,24 @@ def predict(model, q, X_new) -> Prediction:
         if mismatch:
             raise ValueError(mismatch) from error
         raise
-    if error is not None and float(error) > 1e-3:
-        warnings.warn(
-            f"ngvi.predict: {type(model.likelihood).__name__}'s "
-            f"{model.likelihood.num_quadrature_points}-node quadrature of the predictive "
-            f"probabilities moves by up to {float(error):.2g} when its nodes are doubled (one "
-            "latent's predictive variance is much wider than another's), so they are accurate "
-            "only to about that: raise the likelihood's `num_quadrature_points`.",
-            stacklevel=2,
-        )
+    if error is not None:
+        warn_if_inaccurate(model.likelihood, float(error), "ngvi.predict")
     return Prediction(*fields)
+
+
+def warn_if_inaccurate(likelihood, error: float, caller: str, stacklevel: int = 2) -> None:
+    """Warn when the likelihood's predictive probabilities may be off by more than `1e-3`
+    (`error` = the largest `likelihood.predictive_error` over the points); `stacklevel` as the
+    caller would pass it to `warnings.warn`."""
+    if error > 1e-3:
+        warnings.warn(
+            f"{caller}: {type(likelihood).__name__}'s {likelihood.num_quadrature_points}-node "
+            f"quadrature of the predictive probabilities moves by up to {error:.2g} when its "
+            "nodes are doubled (one latent's predictive variance is much wider than "
+            "another's), so they are accurate only to about that: raise the likelihood's "
+            "`num_quadrature_points`.",
+            stacklevel=stacklevel + 1,
+        )
 
 
 def _q_mismatch(model, q) -> str:

@@ -5,6 +5,7 @@ held-out labels of generated classes, a quadrature of the softmax average)."""
 import os
 import subprocess
 import sys
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -397,3 +398,20 @@ def test_estimator_checks_pass_without_x64():
         timeout=1800,
     )
     assert done.returncode == 0 and "OK" in done.stdout, done.stderr[-3000:]
+
+
+def test_robust_max_estimator_says_when_its_probabilities_are_inaccurate(monkeypatch):
+    # Found by an adversarial probe: `ngvi.predict` warned when RobustMax's quadrature of the
+    # class probabilities is off (one class's latent much wider than another's: 0.05 at 20
+    # nodes here, against the exact two-class value), but the estimator's `predict_proba`,
+    # which computes them itself, was silent.
+    X, labels = _three_classes(30, seed=4)
+    options = dict(learn_hyperparameters=False, random_state=0, num_steps=5)
+    robust = GaussianProcessClassifier(multi_class="robustmax", **options).fit(X, labels)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        robust.predict_proba(X)  # moderate latent spreads: accurate, and silent
+    sharp = (np.array([[-1.0, 0.0, -30.0]]), np.array([[4.0, 0.01, 0.01]]))
+    monkeypatch.setattr(GaussianProcessClassifier, "_predict_latent", lambda self, X: sharp)
+    with pytest.warns(UserWarning, match="predict_proba: RobustMax's 20-node quadrature"):
+        robust.predict_proba(X[:1])

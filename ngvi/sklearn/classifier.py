@@ -2,12 +2,14 @@
 
 import equinox as eqx
 import jax
+import jax.numpy as jnp
 import numpy as np
 from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from .. import likelihoods as _likelihoods
+from ..predict import warn_if_inaccurate
 from ._base import BaseGP
 
 _BINARY = {"probit": _likelihoods.Probit, "logit": _likelihoods.BernoulliLogit}
@@ -36,7 +38,9 @@ def _softmax_probabilities(mean, variance, num_pairs: int, seed: int) -> np.ndar
 
 @eqx.filter_jit
 def _robust_max_probabilities(likelihood, mean, variance):
-    return likelihood.class_probabilities(mean, variance)
+    """The class probabilities and how far their quadrature may be off (largest over rows)."""
+    error = jnp.max(likelihood.predictive_error(mean, variance), initial=0.0)
+    return likelihood.class_probabilities(mean, variance), error
 
 
 class GaussianProcessClassifier(ClassifierMixin, BaseGP):
@@ -205,7 +209,9 @@ class GaussianProcessClassifier(ClassifierMixin, BaseGP):
             )
         else:
             with jax.enable_x64(True):
-                probabilities = np.asarray(_robust_max_probabilities(likelihood, mean, variance))
+                probabilities, error = _robust_max_probabilities(likelihood, mean, variance)
+            warn_if_inaccurate(likelihood, float(error), f"{type(self).__name__}.predict_proba")
+            probabilities = np.asarray(probabilities)
         probabilities = np.clip(probabilities, 0.0, 1.0)
         return probabilities / probabilities.sum(axis=1, keepdims=True)
 
