@@ -146,7 +146,7 @@ def _logistic_data():
     return X, y
 
 
-@pytest.mark.parametrize("family", ["full", "mean-field"])
+@pytest.mark.parametrize("family", ["full", pytest.param("mean-field", marks=pytest.mark.slow)])
 def test_logistic_regression_reaches_the_natural_gradient_optimum(family):
     """Adam on the moment form and the natural gradient on the natural form of the same family
     (full, or mean field over the whitened weights) reach the same optimum."""
