@@ -25,6 +25,7 @@ from .fitting import (
     FitResult as FitResult,
     HyperparameterOutcome as HyperparameterOutcome,
     HyperparameterResult as HyperparameterResult,
+    SignalVariancePrior as SignalVariancePrior,
     fit as fit,
     fit_hyperparameters as fit_hyperparameters,
 )

@@ -42,6 +42,8 @@ class LearnHyperparameters(eqx.Module):
       learned leaves (default `1e-5`, as `ngvi.fit_hyperparameters`). Without it a learner
       taking tiny steps (`optax.sgd(1e-11)`) "converged" at the starting hyperparameters. On
       minibatches the gradient is a noisy estimate and only the smoothed ELBO is judged.
+    - `hyperprior`: `model -> log p(theta)` up to a constant (e.g. `ngvi.SignalVariancePrior`):
+      minimise `-(ELBO + log p(theta))` instead (MAP-II), as `ngvi.fit_hyperparameters` does.
 
     ```python
     learn = ngvi.LearnHyperparameters(optax.adam(1e-2), where=lambda m: m.prior.kernel)
@@ -53,6 +55,7 @@ class LearnHyperparameters(eqx.Module):
     optimizer: optax.GradientTransformation = eqx.field(default_factory=lambda: optax.adam(1e-2))
     where: Callable | None = None
     gtol: float = 1e-5
+    hyperprior: Callable | None = None
 
     def __check_init__(self):
         if not self.gtol >= 0:
@@ -84,7 +87,9 @@ class LearnHyperparameters(eqx.Module):
         (`max |dELBO/dtheta| <= gtol (1 + |ELBO|)`; always `True` on a minibatch)."""
 
         def loss(theta):
-            return -eqx.combine(theta, rest).elbo(q, batch)
+            model = eqx.combine(theta, rest)
+            log_prior = 0.0 if self.hyperprior is None else self.hyperprior(model)
+            return -(model.elbo(q, batch) + log_prior)
 
         value, grads = jax.value_and_grad(loss)(learned)
         largest = optax.tree.norm(grads, ord=jnp.inf)  # max |dELBO/dtheta| over all leaves

@@ -6,5 +6,6 @@ from .em_result import (
     HyperparameterResult as HyperparameterResult,
 )
 from .fit import fit as fit
+from .hyperpriors import SignalVariancePrior as SignalVariancePrior
 from .outcome import FitOutcome as FitOutcome
 from .result import FitResult as FitResult

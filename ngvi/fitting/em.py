@@ -36,6 +36,7 @@ from an optimum.
 
 import math
 import warnings
+from collections.abc import Callable
 
 import equinox as eqx
 import jax
@@ -70,6 +71,7 @@ def fit_hyperparameters(
     *,
     where=None,
     strategy: AbstractOptimizer | None = None,
+    hyperprior: Callable[[AbstractModel], Array] | None = None,
     max_steps: int = 100,
     gtol: float = 1e-5,
     ftol: float = 1e-9,
@@ -91,6 +93,8 @@ def fit_hyperparameters(
       every `ngvi.learnable()` field).
     - `strategy`: the natural-gradient strategy that re-solves `q` (default
       `NaturalGradient(lr=1.0)`, exact in one step for a Gaussian likelihood).
+    - `hyperprior`: `model -> log p(theta)` up to a constant (e.g. `ngvi.SignalVariancePrior`):
+      maximise `F + log p(theta)` instead (MAP-II); the gradient test is then that sum's.
     - `max_steps`: the budget of L-BFGS iterations.
     - `gtol`, `ftol`: the convergence tolerances, relative to `1 + |F|` (floored at
       `100 eps` of the model's dtype).
@@ -129,7 +133,7 @@ def fit_hyperparameters(
     tolerances = [jnp.asarray(max(float(t), floor), model.dtype) for t in (gtol, ftol, inner_tol)]
     tolerances.append(jnp.asarray(inner_fraction, model.dtype))
     result = _solve(
-        learned, rest, q, strategy, int(memory_size), jnp.asarray(max_steps),
+        learned, rest, q, strategy, hyperprior, int(memory_size), jnp.asarray(max_steps),
         jnp.asarray(max_inner_steps), *tolerances,
     )  # fmt: skip
     if result.outcome == HyperparameterOutcome.failed and int(result.num_steps) == 0:
@@ -146,19 +150,8 @@ def fit_hyperparameters(
         if inaccurate:
             warnings.warn(f"ngvi.fit_hyperparameters: {inaccurate}", stacklevel=2)
         if float(result.kl) < 1e-6 * (1.0 + abs(float(result.elbo))):  # the data moved nothing
-            warnings.warn(f"ngvi.fit_hyperparameters: {_explains_nothing(result)}", stacklevel=2)
+            warnings.warn(f"ngvi.fit_hyperparameters: {result.explains_nothing}", stacklevel=2)
     return result
-
-
-def _explains_nothing(result) -> str:
-    return (
-        f"the learned hyperparameters leave the posterior at the prior (KL(q || p) = "
-        f"{float(result.kl):.2g} nats): the latent function explains none of the data, either "
-        "because the data carry no signal this model can use, or because the fit settled on a "
-        "plateau of F where its gradient vanishes (lengthscales far longer or shorter than the "
-        "inputs' spacing, or a vanishing signal variance). If the data have structure, start "
-        "from other hyperparameters (signal variance ~1, lengthscales near the inputs' spread)."
-    )
 
 
 class _Carry(eqx.Module):
@@ -175,16 +168,24 @@ class _Carry(eqx.Module):
 
 @eqx.filter_jit
 def _solve(
-    learned, rest, q, strategy, memory_size, max_steps, max_inner, gtol, ftol, inner_tol, fraction
-):
+    learned, rest, q, strategy, hyperprior, memory_size, max_steps, max_inner, gtol, ftol,
+    inner_tol, fraction,
+):  # fmt: skip
     theta, unravel = ravel_pytree(learned)
     Outcome = HyperparameterOutcome
 
     def model_at(theta):
         return eqx.combine(unravel(theta), rest)
 
+    def log_hyperprior(model):
+        return jnp.zeros((), theta.dtype) if hyperprior is None else hyperprior(model)
+
     def negative_elbo(theta, q):
         return -model_at(theta).elbo(q)
+
+    def negative_objective(theta, q):  # -(ELBO + log p(theta)): what the L-BFGS steps lower
+        model = model_at(theta)
+        return -(model.elbo(q) + log_hyperprior(model))
 
     def resolve(theta, q, enough):
         """Natural-gradient steps on `q` at `theta` until the ELBO changes by at most `enough`
@@ -230,7 +231,7 @@ def _solve(
 
         def body(c):
             alpha, _, k = c
-            ok = negative_elbo(theta + alpha * d, q) <= value + 1e-4 * alpha * slope
+            ok = negative_objective(theta + alpha * d, q) <= value + 1e-4 * alpha * slope
             return jnp.where(ok, alpha, 0.5 * alpha), ok, k + 1
 
         largest = jnp.max(jnp.abs(d))
@@ -244,7 +245,7 @@ def _solve(
         """Re-solve `q` at the candidate, accept it if `F` did not fall, take the next
         L-BFGS step from the accepted point."""
         q, inner = resolve(c.theta, c.q, fraction * jnp.where(jnp.isfinite(c.change), c.change, 0))
-        value, grad = jax.value_and_grad(negative_elbo)(c.theta, q)
+        value, grad = jax.value_and_grad(negative_objective)(c.theta, q)
         change = c.best[2] - value  # the increase of F (inf at the start)
         scale = 1.0 + jnp.abs(value)
         small = (jnp.max(jnp.abs(grad)) <= gtol * scale) & (jnp.abs(change) <= ftol * scale)
@@ -294,6 +295,6 @@ def _solve(
     theta, q, value, grad = c.best
     model = model_at(theta)
     return HyperparameterResult(
-        model, q, -value, jnp.max(jnp.abs(grad)), c.change, jnp.maximum(c.step, 0),
-        c.inner_steps, c.outcome, model.latent_marginals_and_kl(q)[1],
+        model, q, -value - log_hyperprior(model), jnp.max(jnp.abs(grad)), c.change,
+        jnp.maximum(c.step, 0), c.inner_steps, c.outcome, model.latent_marginals_and_kl(q)[1],
     )  # fmt: skip
