@@ -68,6 +68,57 @@ def test_gaussian_maximises_the_exact_log_marginal_likelihood():
     assert int(result.num_inner_steps) <= 3 * (int(result.num_steps) + 1)
 
 
+@pytest.mark.parametrize("scale, centre", [(0.5, 1.0), (1.0, 3.0)])
+def test_a_signal_variance_prior_maximises_the_exact_log_posterior(scale, centre):
+    # MAP-II: F + log p(theta) with log s2 ~ N(log centre, scale^2), against scipy on the
+    # closed-form log marginal likelihood plus that log density (the data favour s2 ~ 0.6).
+    X, y = _regression_data()
+    prior = ngvi.SignalVariancePrior(scale=scale, centre=centre)
+
+    def log_posterior(t):
+        return _exact_log_marginal(t, X, y) - (t[0] - np.log(centre)) ** 2 / (2 * scale**2)
+
+    direct = scipy.optimize.minimize(
+        lambda t: -log_posterior(t), np.zeros(3), method="L-BFGS-B",
+        options={"ftol": 1e-15, "gtol": 1e-10, "maxiter": 10_000},
+    )  # fmt: skip
+    plain = ngvi.fit_hyperparameters(_gaussian_model(X, y))
+    result = ngvi.fit_hyperparameters(_gaussian_model(X, y), hyperprior=prior)
+    assert result.converged, result.message
+    kernel, likelihood = result.model.prior.kernel, result.model.likelihood
+    learned = np.log(
+        [float(kernel.variance), float(kernel.lengthscale), float(likelihood.variance)]
+    )
+    np.testing.assert_allclose(learned, direct.x, atol=1e-4)
+    # `elbo` stays F (the exact log marginal likelihood), below the unpenalised maximum.
+    np.testing.assert_allclose(result.elbo, _exact_log_marginal(learned, X, y), rtol=1e-10)
+    assert float(result.elbo) < float(plain.elbo) - 1e-3
+    assert abs(learned[0] - np.log(float(plain.model.prior.kernel.variance))) > 0.05
+    np.testing.assert_allclose(prior(result.model), log_posterior(learned) - result.elbo)
+
+
+def test_learn_hyperparameters_takes_the_same_prior():
+    # At the MAP-II optimum of `fit_hyperparameters`, `fit`'s learner with the same prior is
+    # stationary, and without it is not (the prior's pull on log s2 is unbalanced there).
+    X, y = _regression_data()
+    prior = ngvi.SignalVariancePrior(scale=0.5)
+    result = ngvi.fit_hyperparameters(_gaussian_model(X, y), hyperprior=prior, gtol=1e-8)
+    for hyperprior, stationary in [(prior, True), (None, False)]:
+        learn = ngvi.LearnHyperparameters(hyperprior=hyperprior)
+        learned, rest = learn.partition(result.model)
+        _, _, flag = learn.step(learned, rest, result.q, None, learn.optimizer.init(learned))
+        assert bool(flag) == stationary
+
+
+def test_a_signal_variance_prior_needs_a_stationary_kernel_and_positive_settings():
+    with pytest.raises(ValueError, match="positive"):
+        ngvi.SignalVariancePrior(scale=0.0)
+    prior = ngvi.GaussianPrior(jnp.zeros(2), jnp.eye(2))
+    linear = ngvi.Model(prior, ngvi.likelihoods.Gaussian(1.0), np.ones((5, 2)), np.ones(5))
+    with pytest.raises(ValueError, match="no stationary kernel"):
+        ngvi.SignalVariancePrior(scale=1.0)(linear)
+
+
 def test_matern12_maximises_the_exact_log_marginal_likelihood():
     """Reproducer: under `jit` the Gram matrix's diagonal distances were ~1e-32, not 0 (XLA's
     fused multiply-add of `x s - x s`), the Matérn `sqrt` divided the derivative's rounding by
@@ -105,6 +156,7 @@ def test_probit_converges_above_the_adam_learner():
     assert float(more.elbo) - float(result.elbo) < 1e-8
 
 
+@pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_budget_exhausted_is_not_converged():
     result = ngvi.fit_hyperparameters(tutorial_model(), max_steps=2)
     assert not result.converged
@@ -177,23 +229,28 @@ def test_inexact_e_steps_reach_the_exactly_re_solved_optimum():
     assert int(inexact.num_inner_steps) < 0.5 * int(exact.num_inner_steps)
 
 
-def test_classifier_uses_the_converged_learner():
+def test_classifier_uses_the_converged_learner_with_its_variance_prior():
     X, y = ngvi.datasets.tutorial()
     from ngvi.sklearn import GaussianProcessClassifier
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # no ConvergenceWarning
-        clf = GaussianProcessClassifier(ard=False, standardize=False).fit(X[:, None], y)
-    direct = ngvi.fit_hyperparameters(
-        ngvi.Model(
-            ngvi.GPPrior(ngvi.kernels.SquaredExponential(1.0, 1.0), jitter=1e-6),
-            ngvi.likelihoods.Probit(),
-            jnp.asarray(X[:, None]),
-            y,
-        )
+    model = ngvi.Model(
+        ngvi.GPPrior(ngvi.kernels.SquaredExponential(1.0, 1.0), jitter=1e-6),
+        ngvi.likelihoods.Probit(),
+        jnp.asarray(X[:, None]),
+        y,
     )
-    np.testing.assert_allclose(clf.elbo_, float(direct.elbo), rtol=1e-10)
-    assert clf.n_iter_ == int(direct.num_steps)
+    for scale, hyperprior in [(1.0, ngvi.SignalVariancePrior(1.0)), (None, None)]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no ConvergenceWarning
+            clf = GaussianProcessClassifier(ard=False, standardize=False, variance_prior=scale)
+            clf.fit(X[:, None], y)
+        direct = ngvi.fit_hyperparameters(model, hyperprior=hyperprior)
+        np.testing.assert_allclose(clf.elbo_, float(direct.elbo), rtol=1e-10)
+        # the estimator pads its rows with weight-0 points: the same optimum by another path
+        np.testing.assert_allclose(clf.variance_, direct.model.prior.kernel.variance, rtol=1e-8)
+        assert clf.n_iter_ == int(direct.num_steps)
+    with pytest.raises(ValueError, match="variance_prior"):
+        GaussianProcessClassifier(variance_prior=0.0).fit(X[:, None], y)
 
 
 class _NoisyBeyond(ngvi.likelihoods.AbstractLikelihood):

@@ -139,6 +139,7 @@ def test_estimator_folds_of_neighbouring_sizes_share_one_compiled_fit():
                 reference._scale_inputs(X[:101], reset=False),
                 y[:101],
             ),
+            hyperprior=reference._hyperprior(),
             max_steps=30,
         )
         np.testing.assert_allclose(reference.elbo_, float(alone.elbo), rtol=1e-9)

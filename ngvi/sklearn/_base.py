@@ -36,7 +36,9 @@ def _adam(lr: float) -> optax.GradientTransformation:
     return optax.adam(lr)
 
 
-def _fit_posterior(model, *, learn: bool, num_steps: int, lr: float, step: float, key):
+def _fit_posterior(
+    model, *, learn: bool, num_steps: int, lr: float, step: float, key, hyperprior=None
+):
     """Run `ngvi.fit`, learning the hyperparameters when asked; return `(model, q, result)`."""
     optimizer = NaturalGradient(lr=step)
     options = dict(num_steps=num_steps, key=key, progress=False)
@@ -47,10 +49,10 @@ def _fit_posterior(model, *, learn: bool, num_steps: int, lr: float, step: float
     if isinstance(model, Model) and model.num_latent == 1 and step == 1.0:
         # One latent, dense: variational EM with L-BFGS to a converged gradient
         # (`ngvi.fit_hyperparameters`); `num_steps` bounds the L-BFGS iterations.
-        result = _fit_hyperparameters(model, max_steps=num_steps, throw=True)
+        result = _fit_hyperparameters(model, hyperprior=hyperprior, max_steps=num_steps, throw=True)
         _warn_unless_converged(result, "hyperparameters")
         return result.model, result.q, result
-    learner = LearnHyperparameters(optimizer=_adam(lr))
+    learner = LearnHyperparameters(optimizer=_adam(lr), hyperprior=hyperprior)
     result = _ngvi_fit(model, optimizer, learn=learner, **options)
     _warn_unless_converged(result, "posterior and hyperparameters")
     return result.model, result.q, result
@@ -143,6 +145,10 @@ class BaseGP(BaseEstimator):
         """The natural-gradient step size (1 is exact for a Gaussian likelihood)."""
         return 1.0
 
+    def _hyperprior(self):
+        """The prior on the learned hyperparameters (`None`: type-II maximum likelihood)."""
+        return None
+
     # -- pickling ---------------------------------------------------------------------------
     def __getstate__(self):
         """The fitted model and posterior with NumPy leaves: a JAX array would be unpickled in
@@ -224,6 +230,7 @@ class BaseGP(BaseEstimator):
                 lr=float(self.lr),
                 step=self._natural_step(),
                 key=jax.random.PRNGKey(seed),
+                hyperprior=self._hyperprior(),
             )
         self.model_, self.posterior_ = model, q
         self.kernel_ = model.prior.kernel
