@@ -183,6 +183,7 @@ def test_minibatch_estimators_are_unbiased_over_an_epoch():
     batches = [model.data[jnp.asarray(order[k : k + 128])] for k in range(0, 1024, 128)]
     strategy = ngvi.NaturalGradient()
 
+    @eqx.filter_jit  # compiled once for the full data and once for a batch, not op by op
     def estimates(batch):
         marginals, _ = model.latent_marginals_and_kl(q, batch)
         statistics = strategy.statistics(model, model.targets(batch), marginals, None)
