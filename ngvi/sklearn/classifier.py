@@ -101,9 +101,12 @@ class GaussianProcessClassifier(ClassifierMixin, BaseGP):
       {none, 2, 1} on the five data sets of `docs/results.md` (mean NLPD there: banana
       0.225/0.223/0.222, ionosphere 0.305/0.292/0.267, sonar 0.478/0.408/0.378, diabetes
       0.471/0.471/0.469, breast cancer 0.089/0.085/0.094).
-    - `learn_hyperparameters`: maximise the ELBO over the kernel's log-parameters with Adam.
-    - `num_steps`: fit steps (each: one natural-gradient step, one Adam step).
-    - `lr`: Adam's learning rate for the hyperparameters.
+    - `learn_hyperparameters`: learn the kernel's log-parameters: a binary dense fit maximises
+      `F = max_q ELBO` (plus the log prior above) to convergence by variational EM with L-BFGS
+      (`ngvi.fit_hyperparameters`); other fits take Adam steps on the ELBO.
+    - `num_steps`: the EM fit's L-BFGS iterations, or the other fits' steps (each: one
+      natural-gradient step, one Adam step).
+    - `lr`: Adam's learning rate for the hyperparameters (fits that use Adam).
     - `standardize`: rescale each feature to zero mean, unit variance (on the training data).
     - `jitter`: diagonal added to the training kernel matrix.
     - `random_state`: seeds the PRNG key handed to `ngvi.fit` and the k-means inducing inputs.
