@@ -110,6 +110,22 @@ def test_learn_hyperparameters_takes_the_same_prior():
         assert bool(flag) == stationary
 
 
+def test_a_hyperprior_that_is_not_a_scalar_log_density_is_refused_by_name():
+    # Before: "Gradient only defined for scalar-output functions" from inside the compiled
+    # loop, naming neither the argument nor the fix.
+    X, y = _regression_data(n=10)
+    model = _gaussian_model(X, y)
+
+    def per_lengthscale(m):
+        return -m.prior.kernel.log_lengthscale * jnp.ones(3)
+
+    with pytest.raises(ValueError, match="`hyperprior` must map the model to a scalar"):
+        ngvi.fit_hyperparameters(model, hyperprior=per_lengthscale)
+    learn = ngvi.LearnHyperparameters(hyperprior=per_lengthscale)
+    with pytest.raises(ValueError, match="`hyperprior` must map the model to a scalar"):
+        ngvi.fit(model, ngvi.NaturalGradient(lr=1.0), 2, learn=learn, progress=False)
+
+
 def test_a_signal_variance_prior_needs_a_stationary_kernel_and_positive_settings():
     with pytest.raises(ValueError, match="positive"):
         ngvi.SignalVariancePrior(scale=0.0)

@@ -100,3 +100,18 @@ def with_strong_learned_leaves(model, learn: LearnHyperparameters):
         return model
     strong = jax.tree.map(lambda x: jax.device_put(np.asarray(x)) if is_weak(x) else x, learned)
     return eqx.combine(strong, fixed)
+
+
+def check_hyperprior(hyperprior, model) -> None:
+    """Refuse a `hyperprior` that does not map `model` to one real number (traced only, not
+    run): inside the compiled loop the failure read "Gradient only defined for scalar-output
+    functions", naming neither the argument nor the fix."""
+    if hyperprior is None:
+        return
+    out = jax.eval_shape(hyperprior, model)
+    if not (hasattr(out, "shape") and out.shape == () and jnp.issubdtype(out.dtype, jnp.floating)):
+        got = f"shape {out.shape}, dtype {out.dtype}" if hasattr(out, "shape") else type(out)
+        raise ValueError(
+            f"`hyperprior` must map the model to a scalar log density (a float), got {got}; "
+            "sum the log densities of the hyperparameters it covers."
+        )

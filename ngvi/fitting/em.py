@@ -49,7 +49,7 @@ from ..hyperparameters import LearnHyperparameters, has_learnable
 from ..models import AbstractModel
 from ..optimizers import NaturalGradient
 from ..optimizers.base import AbstractOptimizer
-from .arguments import check_em_settings, checked_q
+from .arguments import check_em_settings, check_hyperprior, checked_q
 from .diagnosis import describe_failure, quadrature_warning
 from .em_result import HyperparameterOutcome, HyperparameterResult
 from .lbfgs import direction as _direction, empty_memory, remember as _remember
@@ -60,9 +60,8 @@ MAX_LOG_STEP = 10.0
 safeguard against absurd jumps, not a trust region. An uncapped quasi-Newton step from
 lengthscale 1000 on Poisson counts jumped to 1e-23, where the kernel underflows to white
 noise and `dF/dtheta` is exactly 0: "converged" 202 nats below the optimum; capped, the same
-start reaches the optimum. Tighter caps change which local optimum ARD fits reach: on
-ionosphere's five folds (32 lengthscales) held-out NLPD 0.295 uncapped, 0.305 at 10, 0.326 at 3
-and 6, all within the folds' spread (0.07)."""
+start reaches the optimum. Tighter caps change which local optimum ARD fits reach: ionosphere's
+held-out NLPD 0.295 uncapped, 0.305 at 10, 0.326 at 3 and 6 (the folds' spread: 0.07)."""
 
 
 def fit_hyperparameters(
@@ -121,6 +120,7 @@ def fit_hyperparameters(
         max_steps=max_steps, max_inner_steps=max_inner_steps, memory_size=memory_size,
         gtol=gtol, ftol=ftol, inner_tol=inner_tol, inner_fraction=inner_fraction,
     )  # fmt: skip
+    check_hyperprior(hyperprior, model)
     strategy = NaturalGradient(lr=1.0) if strategy is None else strategy
     learned, rest = LearnHyperparameters(where=where).partition(model)
     if not has_learnable(learned):

@@ -16,7 +16,12 @@ from ..hyperparameters import LearnHyperparameters, has_learnable
 from ..models import AbstractModel
 from ..optimizers.base import AbstractOptimizer, StepInfo
 from ..streaming import Feeder, Stream, check_stream, placeholder_batch
-from .arguments import check_arguments, checked_q, with_strong_learned_leaves
+from .arguments import (
+    check_arguments,
+    check_hyperprior,
+    checked_q,
+    with_strong_learned_leaves,
+)
 from .batches import Minibatches, StreamedBatches
 from .checkpoint import Checkpoint
 from .diagnosis import (
@@ -91,7 +96,9 @@ def fit(
     check_arguments(model, optimizer, num_steps, tol, batch_size, learn)
     check_stream(model, data, batch_size)
     num_steps = int(num_steps)
-    model = model if learn is None else with_strong_learned_leaves(model, learn)
+    if learn is not None:
+        check_hyperprior(learn.hyperprior, model)
+        model = with_strong_learned_leaves(model, learn)
     q = model.init_variational(optimizer.form) if q is None else checked_q(model, optimizer, q)
     q, state = optimizer.init(model, q)
     prior_problem = model.diagnose(q)  # a family may give a finite ELBO under an invalid prior

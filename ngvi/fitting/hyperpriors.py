@@ -35,14 +35,11 @@ class SignalVariancePrior(eqx.Module):
             )
 
     def __call__(self, model) -> Float[Array, ""]:
-        kernels = [
-            leaf
-            for leaf in jax.tree.leaves(
-                model.prior, is_leaf=lambda x: isinstance(x, AbstractStationaryKernel)
-            )
-            if isinstance(leaf, AbstractStationaryKernel)
-        ]
+        def stationary(node) -> bool:
+            return isinstance(node, AbstractStationaryKernel)
+
+        kernels = [k for k in jax.tree.leaves(model.prior, is_leaf=stationary) if stationary(k)]
         if not kernels:
             raise ValueError("SignalVariancePrior: the model's prior has no stationary kernel.")
-        offsets = [k.log_variance - jnp.log(self.centre) for k in kernels]
-        return -sum(jnp.sum(o**2) for o in offsets) / (2.0 * self.scale**2)
+        squares = [jnp.sum((k.log_variance - jnp.log(self.centre)) ** 2) for k in kernels]
+        return -sum(squares) / (2.0 * self.scale**2)
