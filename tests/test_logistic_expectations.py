@@ -94,6 +94,26 @@ def test_statistics_are_the_derivatives_of_the_reported_value():
     np.testing.assert_allclose(hess, 2 * d_variance, rtol=1e-6, atol=1e-10)
 
 
+@pytest.mark.parametrize("std", [0.3, 1.0, 25.0])
+def test_autodiff_of_the_value_is_the_expected_gradient_and_half_hessian(std):
+    """What `fit_hyperparameters` differentiates: `jax.grad` of `expected_log_sigmoid` in the
+    mean and the variance (a custom JVP from `logistic_statistics`, so the gradient's program
+    does not differentiate the quadrature) against adaptive quadrature of Bonnet and Price,
+    `dQ/dm = E[sigma(-x)]`, `dQ/dv = E[H] / 2`."""
+    means = MEANS[2:-1]  # -5 ... 10
+
+    def total(m, v):
+        return jnp.sum(expected_log_sigmoid(m, v))
+
+    d_mean, d_variance = jax.grad(total, argnums=(0, 1))(
+        jnp.asarray(means), jnp.full(means.shape, std**2)
+    )
+    want_mean = [_integral(lambda x: _sigmoid(-x), m, std) for m in means]
+    want_variance = [0.5 * _integral(_hessian, m, std) for m in means]
+    np.testing.assert_allclose(d_mean, want_mean, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(d_variance, want_variance, rtol=0, atol=1e-11)
+
+
 def test_continuous_across_the_switch():
     mean = jnp.linspace(-4.0, 4.0, 9)
     below = logistic_statistics(mean, jnp.full(9, 0.6**2 * (1 - 1e-12)))

@@ -15,7 +15,10 @@ iteration
 
 1. takes an L-BFGS step on `theta -> ELBO(theta, q*)` with `q*` fixed, at most
    `MAX_LOG_STEP` (10) in any log-hyperparameter, with a backtracking line search that enforces
-   sufficient increase (Armijo) of this minoriser;
+   sufficient increase (Armijo) of this minoriser. Its value at a trial `theta'` is the ELBO
+   that the first natural step of step 2 computes anyway: a trial that falls short ends the
+   re-solve there and halves the step (one ELBO less in the compiled loop, which compiles
+   and runs faster);
 2. re-solves `q` for the new `theta` by natural-gradient steps warm-started at the old `q*`,
    until the ELBO changes in a step by at most `inner_tol * (1 + |ELBO|)` or
    `inner_fraction` (0.1) times the last increase of `F`, whichever is larger: an inexact
@@ -52,7 +55,7 @@ from ..optimizers.base import AbstractOptimizer
 from .arguments import check_em_settings, check_hyperprior, checked_q
 from .diagnosis import describe_failure, quadrature_warning
 from .em_result import HyperparameterOutcome, HyperparameterResult
-from .lbfgs import direction as _direction, empty_memory, remember as _remember
+from .lbfgs import empty_memory, line_search_start, remember as _remember
 from .loop import _all_finite
 
 MAX_LOG_STEP = 10.0
@@ -155,14 +158,15 @@ def fit_hyperparameters(
 
 
 class _Carry(eqx.Module):
-    theta: Array  # the candidate hyperparameters, evaluated at the next iteration
+    theta: Array  # the candidate, `best theta + alpha d`, evaluated at the next iteration
     q: AbstractVariational  # the posterior to warm-start the candidate's re-solve from
     memory: tuple  # L-BFGS pairs (S, Y) `(m, p)`, how many are stored, the newest's slot
-    best: tuple  # the last accepted (theta, q, -F, -dF/dtheta)
+    best: tuple  # the last accepted (theta, q, -F, -dF/dtheta, KL(q || p))
+    search: tuple  # the line search from `best`: direction `d`, step `alpha`, slope `grad . d`
     change: Array  # how much the last accepted iteration raised F
     step: Array
     inner_steps: Array
-    retries: Array  # candidates rejected in a row for a NaN/inf re-solve or gradient
+    halvings: Array  # of `alpha` since the last accepted iteration
     outcome: HyperparameterOutcome
 
 
@@ -180,72 +184,59 @@ def _solve(
     def log_hyperprior(model):
         return jnp.zeros((), theta.dtype) if hyperprior is None else hyperprior(model)
 
-    def negative_elbo(theta, q):
-        return -model_at(theta).elbo(q)
-
     def negative_objective(theta, q):  # -(ELBO + log p(theta)): what the L-BFGS steps lower
         model = model_at(theta)
-        return -(model.elbo(q) + log_hyperprior(model))
+        marginals, kl = model.latent_marginals_and_kl(q)
+        elbo = model.elbo_from_marginals(marginals, kl)
+        return -(elbo + log_hyperprior(model)), kl
 
-    def resolve(theta, q, enough):
+    def resolve(theta, q, enough, bound):
         """Natural-gradient steps on `q` at `theta` until the ELBO changes by at most `enough`
-        or its relative tolerance; returns the best `q` evaluated (at least as good as the
-        warm start, so `F` cannot fall)."""
+        or its relative tolerance, or the budget is spent; returns the best `q` evaluated (at
+        least as good as the warm start, so `F` cannot fall), the steps, and whether the
+        first step's ELBO, the minoriser `ELBO(theta, q_warm) + log p(theta)`, met the line
+        search's `bound` (if not, the re-solve stops there)."""
         model = model_at(theta)
         q, state = strategy.init(model, q)
         key = jax.random.PRNGKey(0)
 
         def running(c):
-            _, _, k, last, change, _ = c
+            _, _, k, last, change, _, sufficient = c
             settled = change <= jnp.maximum(inner_tol * (1.0 + jnp.abs(last)), enough)
-            return (k < max_inner) & ((k < 1) | ~settled)
+            return sufficient & (k <= max_inner) & ((k < 1) | ~settled)
 
         def body(c):
-            q, state, k, last, _, (best, top) = c
+            # `info.elbo` is the ELBO of `q`, before the step: one step past the budget only
+            # evaluates the last `q`, whose step is discarded.
+            q, state, k, last, _, (best, top), sufficient = c
             new, state, info = strategy.step(model, q, state, None, k, key)
-            better = info.elbo > top  # `info.elbo` is the ELBO of `q`, before the step
+            minoriser = -(info.elbo + log_hyperprior(model))
+            sufficient = sufficient & ((k > 0) | (minoriser <= bound) | (bound == jnp.inf))
+            better = info.elbo > top
             best = jax.tree.map(lambda a, b: jnp.where(better, a, b), q, best)
             top = jnp.where(better, info.elbo, top)
-            return new, state, k + 1, info.elbo, jnp.abs(info.elbo - last), (best, top)
+            return new, state, k + 1, info.elbo, jnp.abs(info.elbo - last), (best, top), sufficient
 
         inf = jnp.asarray(jnp.inf, theta.dtype)
-        start = (q, state, jnp.asarray(0), -inf, inf, (q, -inf))
-        last, _, k, _, _, (best, top) = jax.lax.while_loop(running, body, start)
-
-        def with_the_last_step(best):
-            # The budget ran out: the last step's `q` has not been evaluated yet (a budget of
-            # one step returned the warm start unchanged, and "converged" there).
-            better = -negative_elbo(theta, last) > top
-            return jax.tree.map(lambda a, b: jnp.where(better, a, b), last, best)
-
-        best = jax.lax.cond(k >= max_inner, with_the_last_step, lambda best: best, best)
-        return best, k
-
-    def line_search(theta, q, value, grad, d):
-        """Halve the step from 1 (the direction `d` capped at `MAX_LOG_STEP` per
-        hyperparameter) until the minoriser rises by a 1e-4 share of its slope; stay at `theta`
-        if 30 halvings do not."""
-
-        def running(c):
-            return ~c[1] & (c[2] < 30)
-
-        def body(c):
-            alpha, _, k = c
-            ok = negative_objective(theta + alpha * d, q) <= value + 1e-4 * alpha * slope
-            return jnp.where(ok, alpha, 0.5 * alpha), ok, k + 1
-
-        largest = jnp.max(jnp.abs(d))
-        d = d * jnp.minimum(1.0, MAX_LOG_STEP / jnp.where(largest > 0, largest, 1.0))
-        slope = grad @ d
-        start = (jnp.ones((), theta.dtype), slope >= 0, jnp.asarray(0))
-        alpha, ok, _ = jax.lax.while_loop(running, body, start)
-        return theta + jnp.where(ok & (slope < 0), alpha, 0.0) * d
+        start = (q, state, jnp.asarray(0), -inf, inf, (q, -inf), jnp.asarray(True))
+        _, _, k, _, _, (best, _), sufficient = jax.lax.while_loop(running, body, start)
+        return best, jnp.minimum(k, max_inner), sufficient
 
     def iterate(c: _Carry) -> _Carry:
-        """Re-solve `q` at the candidate, accept it if `F` did not fall, take the next
-        L-BFGS step from the accepted point."""
-        q, inner = resolve(c.theta, c.q, fraction * jnp.where(jnp.isfinite(c.change), c.change, 0))
-        value, grad = jax.value_and_grad(negative_objective)(c.theta, q)
+        """Re-solve `q` at the candidate; if the minoriser fell short of the sufficient
+        increase, halve the step (a backtracking line search, 30 halvings at most, then stay);
+        else accept the candidate if `F` did not fall and take the next L-BFGS direction."""
+        d, alpha, slope = c.search
+        bound = c.best[2] + 1e-4 * alpha * slope
+        bound = jnp.where(alpha > 0, bound, jnp.inf)  # no step: nothing to check
+        enough = fraction * jnp.where(jnp.isfinite(c.change), c.change, 0)
+        q, inner, sufficient = resolve(c.theta, c.q, enough, bound)
+
+        def evaluate(q):
+            (value, kl), grad = jax.value_and_grad(negative_objective, has_aux=True)(c.theta, q)
+            return value, grad, kl
+
+        value, grad, kl = jax.lax.cond(sufficient, evaluate, lambda q: c.best[2:], q)
         change = c.best[2] - value  # the increase of F (inf at the start)
         scale = 1.0 + jnp.abs(value)
         small = (jnp.max(jnp.abs(grad)) <= gtol * scale) & (jnp.abs(change) <= ftol * scale)
@@ -253,38 +244,43 @@ def _solve(
         # A candidate where the re-solve or the gradient is NaN/inf (the line search only saw
         # a finite minoriser) is rejected and the step towards it halved, up to 30 times (at
         # the accepted point itself there is no step to halve).
-        retry = ~finite & (c.retries < 30) & jnp.any(c.theta != c.best[0])
+        retry = ~finite & (c.halvings < 30) & (alpha > 0)
         outcome = Outcome.where(
-            ~finite,
-            Outcome.where(retry, c.outcome, Outcome.failed),
+            ~sufficient | (~finite & retry),
+            c.outcome,
             Outcome.where(
-                small, Outcome.converged, Outcome.where(change <= 0, Outcome.stalled, c.outcome)
+                ~finite,
+                Outcome.failed,
+                Outcome.where(
+                    small, Outcome.converged, Outcome.where(change <= 0, Outcome.stalled, c.outcome)
+                ),
             ),
         )
-        accept = finite & (change >= 0)
+        accept = sufficient & finite & (change >= 0)
         memory = _remember(c.memory, c.theta - c.best[0], grad - c.best[3])
         memory = jax.tree.map(lambda new, old: jnp.where(accept, new, old), memory, c.memory)
         best = jax.tree.map(
-            lambda new, old: jnp.where(accept, new, old), (c.theta, q, value, grad), c.best
+            lambda new, old: jnp.where(accept, new, old), (c.theta, q, value, grad, kl), c.best
         )
-        theta, q, value, grad = best
-        candidate = jnp.where(
-            retry,
-            theta + 0.5 * (c.theta - theta),
-            line_search(theta, q, value, grad, _direction(memory, grad)),
+        halved = jnp.where(c.halvings < 30, 0.5 * alpha, 0.0)  # 30 halvings: stay at `best`
+        search = jax.tree.map(
+            lambda new, old: jnp.where(accept, new, old),
+            line_search_start(memory, best[3], MAX_LOG_STEP),
+            (d, halved, slope),
         )
-        change = jnp.where(accept, change, c.change)
-        retries = jnp.where(retry, c.retries + 1, 0)
         return _Carry(
-            candidate, q, memory, best, change, c.step + 1, c.inner_steps + inner, retries,
-            outcome,
+            best[0] + search[1] * search[0], best[1], memory, best, search,
+            jnp.where(accept, change, c.change), c.step + sufficient,
+            c.inner_steps + jnp.where(sufficient, inner, 0),
+            jnp.where(accept, 0, c.halvings + 1), outcome,
         )  # fmt: skip
 
     inf = jnp.asarray(jnp.inf, theta.dtype)
+    zeros = jnp.zeros_like(theta)
     start = _Carry(
         theta, q, empty_memory(memory_size, theta.shape[0], theta.dtype),
-        (theta, q, inf, jnp.zeros_like(theta)), inf, jnp.asarray(-1), jnp.asarray(0),
-        jnp.asarray(0), Outcome.max_steps,
+        (theta, q, inf, zeros, jnp.zeros((), theta.dtype)), (zeros, jnp.zeros_like(inf), inf),
+        inf, jnp.asarray(-1), jnp.asarray(0), jnp.asarray(0), Outcome.max_steps,
     )  # fmt: skip
 
     def running(c: _Carry):
@@ -292,9 +288,9 @@ def _solve(
         return (c.outcome == Outcome.max_steps) & (c.step < max_steps)
 
     c = jax.lax.while_loop(running, iterate, start)
-    theta, q, value, grad = c.best
+    theta, q, value, grad, kl = c.best
     model = model_at(theta)
     return HyperparameterResult(
         model, q, -value - log_hyperprior(model), jnp.max(jnp.abs(grad)), c.change,
-        jnp.maximum(c.step, 0), c.inner_steps, c.outcome, model.latent_marginals_and_kl(q)[1],
+        jnp.maximum(c.step, 0), c.inner_steps, c.outcome, kl,
     )  # fmt: skip

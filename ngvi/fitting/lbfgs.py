@@ -52,3 +52,14 @@ def direction(memory, g):
     items = (S[order], Y[order], rho, valid, alphas)
     r, _ = jax.lax.scan(forward, r, jax.tree.map(lambda x: x[::-1], items))
     return -r
+
+
+def line_search_start(memory, g, cap: float):
+    """Where a backtracking line search from a point with gradient `g` starts: the direction
+    `d = -H g` scaled down to at most `cap` in any coordinate, the first step `alpha` (1, or 0
+    where `d` does not descend) and the slope `g . d`."""
+    d = direction(memory, g)
+    largest = jnp.max(jnp.abs(d))
+    d = d * jnp.minimum(1.0, cap / jnp.where(largest > 0, largest, 1.0))
+    slope = g @ d
+    return d, jnp.where(slope < 0, 1.0, 0.0).astype(g.dtype), slope

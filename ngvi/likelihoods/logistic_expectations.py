@@ -30,7 +30,7 @@ $\mathbb{E}[H] = 2\,\partial_v Q$), in closed form for the split rule, so the st
 natural-gradient step are exactly those of the ELBO it reports.
 """
 
-from functools import lru_cache
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -139,6 +139,7 @@ def _split_log_sigmoid_statistics(m: Vector, v: Vector) -> tuple[Vector, Vector,
     )
 
 
+@partial(jax.custom_jvp, nondiff_argnums=(2,))
 def expected_log_sigmoid(mean: Vector, variance: Vector, num_points: int = 20) -> Vector:
     r"""$\mathbb{E}[\log\sigma(x)]$ for $x \sim \mathcal{N}(m, v)$ elementwise (module docstring:
     Gauss-Hermite with `num_points` nodes for $\sqrt v \le 0.6$, the split rule above)."""
@@ -189,3 +190,11 @@ def logistic_statistics(
         return gauss_hermite_expectation(derivatives, m, v, num_points)
 
     return _either_rule(mean, variance, narrow, _split_log_sigmoid_statistics)
+
+
+@expected_log_sigmoid.defjvp
+def _expected_log_sigmoid_jvp(num_points, primals, tangents):
+    mean, variance = primals
+    value, grad, hess = logistic_statistics(mean, variance, num_points)
+    d_mean, d_variance = tangents
+    return value, grad * d_mean + 0.5 * hess * d_variance
