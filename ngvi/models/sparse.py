@@ -152,17 +152,17 @@ class SparseModel(AbstractModel):
     def _factor(self) -> Float[Array, "M M"]:
         return self.prior.factor(self.inducing)
 
-    def _inverse_factor(self) -> Float[Array, "M M"]:
-        return self.prior.inverse_factor(self.inducing)
+    def _factors(self) -> tuple[Float[Array, "M M"], Float[Array, "M M"]]:
+        return self.prior.factor_and_inverse(self.inducing)
 
-    def _view(self, inverse_factor, X):
-        return self.prior.conditional_view(self.inducing, inverse_factor, X)
+    def _view(self, factors, X):
+        return self.prior.conditional_view(self.inducing, factors, X)
 
     def whitened_view(self, batch):
         return self.whitened_view_at(self._rows(batch).X)
 
     def whitened_view_at(self, X_new):
-        return self._view(self._inverse_factor(), X_new)
+        return self._view(self._factors(), X_new)
 
     def latent_coordinates(self):
         return self.prior.latent_coordinates(self.inducing)
@@ -174,7 +174,7 @@ class SparseModel(AbstractModel):
         rows = self._rows(batch).X
         if self.sharding is None:
             return self.whitened_marginals_at(q, rows)
-        replicated = (q, self.prior, self.inducing, self._inverse_factor())
+        replicated = (q, self.prior, self.inducing, self._factors())
 
         def local(X, replicated):
             # The replicated values enter `shard_map` as arguments, not by closure: Adam's
@@ -190,12 +190,12 @@ class SparseModel(AbstractModel):
         return self.sharding.map_rows(local, rows, replicated)
 
     def whitened_marginals_at(self, q, X_new):
-        factor = self._inverse_factor()
+        factor = self._factors()
         return chunked_rows(lambda X: q.project(self._view(factor, X)), X_new, self.chunk_size)
 
     def pullback(self, batch, statistics, diagonal):
         rows = self._rows(batch)
-        factor = self._inverse_factor()
+        factor = self._factors()
 
         def one_chunk(chunk, weight):
             X, grad, hess = chunk
@@ -214,7 +214,7 @@ class SparseModel(AbstractModel):
         once, and give the marginals, the statistics and their pullback (the unfused sequence
         builds them twice, for the marginals and for the pullback)."""
         rows = self._rows(batch)
-        factor = self._inverse_factor()
+        factor = self._factors()
 
         def one_chunk(chunk, overlap):
             X, y, weight = chunk
