@@ -91,14 +91,7 @@ def warn_if_inaccurate(likelihood, error: float, caller: str, stacklevel: int = 
     (`error` = the largest `likelihood.predictive_error` over the points); `stacklevel` as the
     caller would pass it to `warnings.warn`."""
     if error > 1e-3:
-        warnings.warn(
-            f"{caller}: {type(likelihood).__name__}'s {likelihood.num_quadrature_points}-node "
-            f"quadrature of the predictive probabilities moves by up to {error:.2g} when its "
-            "nodes are doubled (one latent's predictive variance is much wider than "
-            "another's), so they are accurate only to about that: raise the likelihood's "
-            "`num_quadrature_points`.",
-            stacklevel=stacklevel + 1,
-        )
+        warnings.warn(f"{caller}: {likelihood.accuracy_advice(error)}", stacklevel=stacklevel + 1)
 
 
 def _q_mismatch(model, q) -> str:

@@ -267,25 +267,6 @@ def test_multiclass_probabilities_do_not_depend_on_the_other_rows(three_class_fi
     np.testing.assert_allclose(named.predict_proba(X_test[:7]), proba[:7], rtol=1e-12)
 
 
-def test_softmax_predictive_average_against_quadrature():
-    """With two classes, E[softmax(f)_1] = E[sigmoid(f_1 - f_0)], f_1 - f_0 ~ N(m_1 - m_0,
-    v_0 + v_1): a 1-D Gauss-Hermite integral. With zero variance it is softmax(m) exactly."""
-    from ngvi.sklearn.classifier import _softmax_probabilities
-
-    rng = np.random.default_rng(3)
-    mean, variance = rng.normal(size=(40, 2)), rng.uniform(0.1, 3.0, size=(40, 2))
-    got = _softmax_probabilities(mean, variance, num_pairs=20_000, seed=0)
-    nodes, weights = np.polynomial.hermite_e.hermegauss(80)
-    f = (mean[:, 1] - mean[:, 0])[:, None] + np.sqrt(variance.sum(1))[:, None] * nodes
-    want = (1.0 / (1.0 + np.exp(-f))) @ (weights / weights.sum())
-    np.testing.assert_allclose(got[:, 1], want, atol=3e-3)  # Monte Carlo: sd < 0.5 / 200
-    np.testing.assert_allclose(got.sum(1), 1.0, rtol=1e-12)
-    exact = np.exp(mean) / np.exp(mean).sum(1, keepdims=True)
-    np.testing.assert_allclose(
-        _softmax_probabilities(mean, np.zeros_like(mean), 8, 0), exact, rtol=1e-12
-    )
-
-
 @pytest.mark.slow  # kept out of the default run's ten minutes (`make test-slow`)
 def test_multiclass_sparse_and_robust_max():
     X, labels = _three_classes(80, seed=4)

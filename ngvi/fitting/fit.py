@@ -244,7 +244,8 @@ def _last_step_fell(loop: Loop, carry: Carry, final_elbo, steps: int) -> bool:
         return False
     history = np.asarray(carry.history.elbo)
     before, dtype = float(history[steps - 1]), history.dtype
-    tolerance = float(getattr(loop.strategy, "decrease_tolerance", 0.0))
+    fall_tolerance = getattr(loop.strategy, "fall_tolerance", lambda model: 0.0)
+    tolerance = float(fall_tolerance(loop.full_model(carry.learned)))
     margin = max(tolerance, 100 * float(np.finfo(dtype).eps))
     return float(final_elbo) < before - margin * (1.0 + abs(before))
 

@@ -119,6 +119,14 @@ class AbstractLikelihood(eqx.Module):
         )
 
     @property
+    def statistics_are_derivatives(self) -> bool:
+        """Whether `expected_derivatives`' gradient and curvature are the derivatives of its
+        expected log-likelihood (Bonnet and Price), so that a natural step's fixed point is the
+        maximiser of the ELBO it reports. Monte Carlo statistics (`AbstractMultiLatentLikelihood`
+        without a closed form) differ from them by the sampling error."""
+        return True
+
+    @property
     def has_conditional_moments(self) -> bool:
         """Whether the subclass defines `conditional_moments` (needed by `GaussNewton` and by
         the predictive moments of `y`)."""
@@ -171,6 +179,13 @@ class AbstractLikelihood(eqx.Module):
         0 here: closed forms, quadrature of smooth integrands, or Monte Carlo). A rule that can
         miss says so (`RobustMax`); `ngvi.predict` warns when it exceeds `1e-3`."""
         return jnp.zeros(jnp.shape(mean)[0], jnp.asarray(mean).dtype)
+
+    def accuracy_advice(self, error: float) -> str:
+        """What `ngvi.predict`'s warning says when `predictive_error` exceeds `1e-3`."""
+        return (
+            f"{type(self).__name__}'s predictive probabilities may be off by up to {error:.2g}: "
+            "raise the likelihood's `num_quadrature_points`."
+        )
 
     def predictive_moments(self, mean: Vector, variance: Vector) -> tuple[Vector, Vector]:
         r"""$(\mathbb{E}[y_i],\ \mathrm{Var}[y_i])$ when $f_i \sim \mathcal{N}(m_i, v_i)$.

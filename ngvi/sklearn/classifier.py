@@ -21,25 +21,9 @@ _DENSE_LIMIT = 1000
 _AUTO_INDUCING = 200
 
 
-def _softmax_probabilities(mean, variance, num_pairs: int, seed: int) -> np.ndarray:
-    """`E[softmax(f)]` under independent `f_c ~ N(m_c, v_c)` per row, from `num_pairs`
-    antithetic pairs of standard normal draws `(eps, -eps)` shared by every row: a row's
-    probabilities do not depend on the other rows, their order or the batch size."""
-    noise = np.random.default_rng(seed).standard_normal((num_pairs, mean.shape[1]))
-    noise = np.concatenate([noise, -noise])
-    sd = np.sqrt(np.maximum(variance, 0.0))
-    total = np.zeros_like(mean)
-    for block in np.array_split(noise, max(1, len(noise) // 64)):
-        logits = mean[None] + sd[None] * block[:, None, :]
-        logits = logits - logits.max(axis=2, keepdims=True)
-        weights = np.exp(logits)
-        total += (weights / weights.sum(axis=2, keepdims=True)).sum(axis=0)
-    return total / len(noise)
-
-
 @eqx.filter_jit
-def _robust_max_probabilities(likelihood, mean, variance):
-    """The class probabilities and how far their quadrature may be off (largest over rows)."""
+def _class_probabilities(likelihood, mean, variance):
+    """The class probabilities and how far they may be off (largest over rows)."""
     error = jnp.max(likelihood.predictive_error(mean, variance), initial=0.0)
     return likelihood.class_probabilities(mean, variance), error
 
@@ -227,15 +211,10 @@ class GaussianProcessClassifier(ClassifierMixin, BaseGP):
             return np.stack([1.0 - p1, p1], axis=1)
         mean, variance = self._predict_latent(X)
         likelihood = self.model_.likelihood
-        if isinstance(likelihood, _likelihoods.Softmax):
-            probabilities = _softmax_probabilities(
-                mean, variance, 2 * likelihood.num_mc_samples, likelihood.mc_seed
-            )
-        else:
-            with jax.enable_x64(True):
-                probabilities, error = _robust_max_probabilities(likelihood, mean, variance)
-            warn_if_inaccurate(likelihood, float(error), f"{type(self).__name__}.predict_proba")
-            probabilities = np.asarray(probabilities)
+        with jax.enable_x64(True):
+            probabilities, error = _class_probabilities(likelihood, mean, variance)
+        warn_if_inaccurate(likelihood, float(error), f"{type(self).__name__}.predict_proba")
+        probabilities = np.asarray(probabilities)
         probabilities = np.clip(probabilities, 0.0, 1.0)
         return probabilities / probabilities.sum(axis=1, keepdims=True)
 
