@@ -471,3 +471,47 @@ def test_a_fit_that_lowered_the_elbo_says_so(tmp_path, capsys):
                  str(tmp_path / "out"), "--quiet", "--no-plot", "--no-learn"])  # fmt: skip
     assert code == 0
     assert "warning: the ELBO fell over the fit" in capsys.readouterr().err
+
+
+def test_numbers_written_with_separators_are_refused_not_dropped(tmp_path, capsys):
+    """Reproducer (adversarial probe): a feature written "2,321" or "0,5" parsed as text in
+    every row, so it was skipped as a text column and the fit ran on the others, exit 0."""
+    for written in (["2,321", "2,049", "1,987", "3,110"], ["0,5", "1,25", "0,75", "2,0"]):
+        rows = [[f"{i / 4:.2f}", value, i % 2] for i, value in enumerate(written * 3)]
+        path = _write_csv(tmp_path / "d.csv", ["a", "income", "y"], rows)
+        assert _fit(path, tmp_path / "out") == 2
+        _assert_one_line_error(capsys, "'income'", "separators", repr(written[0]))
+    rows = [[f"{i / 4:.2f}", name, i % 2] for i, name in enumerate(["ann", "bo", "cy"] * 4)]
+    assert _fit(_write_csv(tmp_path / "d.csv", ["a", "name", "y"], rows), tmp_path / "out") == 0
+
+
+def test_save_inside_out_is_refused(tmp_path, capsys):
+    """Reproducer (adversarial probe): `--save out/predictions.csv` wrote the model over the
+    predictions just written into `--out` (exit 0)."""
+    path = _classification_csv(tmp_path)
+    out = tmp_path / "out"
+    assert _fit(path, out, "--save", str(out / "predictions.csv")) == 2
+    _assert_one_line_error(capsys, "--save", "inside --out")
+    assert not out.exists()
+
+
+def test_a_ragged_row_is_named_by_its_line_in_the_file(tmp_path, capsys):
+    """Reproducer: blank lines were dropped before numbering, so line 6 was called line 4."""
+    path = tmp_path / "ragged.csv"
+    path.write_text("x,y\n0.1,0\n\n\n0.2,1\n0.3,1,7\n0.4,0\n")
+    assert _fit(path, tmp_path / "out") == 2
+    _assert_one_line_error(capsys, "line 6", "3 fields")
+
+
+def test_poisson_takes_non_negative_real_targets(tmp_path, capsys):
+    """The command line refused `2.5` with advice it cannot follow (`integer_counts=False`);
+    it now fits non-negative reals, as the estimator and scikit-learn's PoissonRegressor do,
+    and still refuses a negative target."""
+    rows = [[f"{i / 10:.1f}", f"{(i % 5) * 0.75:.2f}"] for i in range(30)]
+    path = _write_csv(tmp_path / "rates.csv", ["x", "rate"], rows)
+    assert _fit(path, tmp_path / "out", "--likelihood", "poisson") == 0
+    assert "integer_counts" not in capsys.readouterr().err
+    rows[4][1] = "-1.5"
+    path = _write_csv(tmp_path / "rates.csv", ["x", "rate"], rows)
+    assert _fit(path, tmp_path / "out2", "--likelihood", "poisson") == 2
+    _assert_one_line_error(capsys, "'rate'", "non-negative")

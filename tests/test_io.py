@@ -3,6 +3,8 @@ that are truncated, corrupted, of another format or version, or need what is not
 
 import hashlib
 import json
+import os
+import stat
 
 import equinox as eqx
 import jax
@@ -220,3 +222,19 @@ def test_save_names_the_target_and_the_metadata_it_cannot_keep(tmp_path, dense_r
     with pytest.raises(ValueError, match="keys must be strings"):
         ngvi.save(path, dense_result, metadata={1: (1, 2)})
     assert not path.exists() and not list(tmp_path.glob(".*tmp"))
+
+
+def test_saved_files_get_the_umask_mode_or_keep_their_own(tmp_path, dense_result):
+    """Reproducer (adversarial probe): files were written through `mkstemp`, so every saved
+    model and every replaced `ngvi predict` output came out `0600`, unreadable to the group
+    and others whatever the umask."""
+    previous = os.umask(0o022)
+    try:
+        path = tmp_path / "model.ngvi"
+        ngvi.save(path, dense_result)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o644
+        path.chmod(0o640)
+        ngvi.save(path, dense_result)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o640
+    finally:
+        os.umask(previous)

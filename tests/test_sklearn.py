@@ -140,6 +140,33 @@ def test_regressor_with_fixed_hyperparameters_matches_sklearn(normalize_y):
         np.testing.assert_allclose(ours.elbo_, reference.log_marginal_likelihood_value_, rtol=1e-8)
 
 
+def test_regressors_refuse_targets_that_are_not_real_numbers_by_name():
+    """Reproducer (adversarial probe): a text target failed inside numpy's `std` with a
+    dtype error; `None` in an object target was reported as 16 NaNs in `y` (the regressor)
+    or as a NaN prior `mean` (Poisson). Numbers written as text are read."""
+    X = np.random.default_rng(0).normal(size=(10, 2))
+    for Estimator in (GaussianProcessRegressor, PoissonProcessRegressor):
+        with pytest.raises(ValueError, match=r"`y` must hold real numbers.*'a'"):
+            Estimator(num_steps=2).fit(X, np.array(["a"] * 10))
+        with pytest.raises(ValueError, match=r"`y` has 1 NaN/inf or missing value.*index 9"):
+            Estimator(num_steps=2).fit(X, np.array([1.0] * 9 + [None], dtype=object))
+    options = dict(learn_hyperparameters=False, num_steps=2)
+    as_text = GaussianProcessRegressor(**options).fit(X, np.array(["1.5"] * 5 + ["2"] * 5))
+    as_numbers = GaussianProcessRegressor(**options).fit(X, np.array([1.5] * 5 + [2.0] * 5))
+    np.testing.assert_array_equal(as_text.predict(X), as_numbers.predict(X))
+
+
+def test_regressor_normalises_targets_near_the_largest_float():
+    """Reproducer: with targets of order 1e200 `y.std()` overflowed to inf and every
+    prediction was NaN. Normalised on `y / max|y|`, the fit equals that of `y / 1e200`
+    scaled back."""
+    X, y, X_test = _regression_data()
+    options = dict(learn_hyperparameters=False, num_steps=2)
+    huge = GaussianProcessRegressor(**options).fit(X, 1e200 * y).predict(X_test)
+    plain = GaussianProcessRegressor(**options).fit(X, y).predict(X_test)
+    np.testing.assert_allclose(huge / 1e200, plain, rtol=1e-10)
+
+
 def test_regressor_learns_the_marginal_likelihood_maximiser():
     X, y, _ = _regression_data(n=60, seed=1)
     ours = GaussianProcessRegressor(

@@ -7,6 +7,7 @@ class label column: its classes are its distinct values in sorted order.
 
 import csv
 import math
+import re
 
 import numpy as np
 
@@ -19,21 +20,22 @@ def read_rows(path: str) -> tuple[list[str], list[list[str]]]:
     """`(header, rows)` of a CSV file, blank rows dropped, every row as long as the header."""
     try:
         with open(path, newline="", encoding="utf-8-sig") as handle:
-            rows = [row for row in csv.reader(handle) if any(cell.strip() for cell in row)]
+            reader = csv.reader(handle)  # `line_num`: the file's line, blank rows counted
+            rows = [(reader.line_num, row) for row in reader if any(c.strip() for c in row)]
     except OSError as error:
         raise UsageError(f"cannot read {path!r}: {error.strerror or error}") from None
     except (UnicodeDecodeError, csv.Error) as error:
         raise UsageError(f"cannot read {path!r}: not a UTF-8 CSV file ({error})") from None
     if len(rows) < 2:
         raise UsageError(f"{path!r} needs a header row and at least one data row.")
-    header, body = [name.strip() for name in rows[0]], rows[1:]
+    header, body = [name.strip() for name in rows[0][1]], [row for _, row in rows[1:]]
     for j, name in enumerate(header):
         if name in header[:j]:
             raise UsageError(
                 f"{path!r} has two columns named {name!r} (columns {header.index(name) + 1} "
                 f"and {j + 1}); give every column its own name."
             )
-    for number, row in enumerate(body, start=2):
+    for number, row in rows[1:]:
         if len(row) != len(header):
             raise UsageError(
                 f"{path!r} line {number} has {len(row)} fields but the header has {len(header)}."
@@ -103,6 +105,10 @@ def _check_no_missing_labels(values: list[str], name: str, path: str) -> None:
             )
 
 
+_FORMATTED_NUMBER = re.compile(r"[+-]?\d[\d,.' ]*")
+"""A number with thousands separators or a decimal comma ("2,321", "0,5", "1 000")."""
+
+
 def _numeric_column(values: list[str], name: str, path: str, strict: bool) -> np.ndarray | None:
     """Parse a column; `None` for a text column (no numbers at all) unless `strict`."""
     parsed, bad = [], None
@@ -119,6 +125,13 @@ def _numeric_column(values: list[str], name: str, path: str, strict: bool) -> np
     if bad is None:
         return np.asarray(parsed)
     if not strict and all(math.isnan(number) for number in parsed):
+        written = [value for value in values if value.lower() not in MISSING]
+        if written and all(_FORMATTED_NUMBER.fullmatch(value) for value in written):
+            raise UsageError(
+                f"{path!r}: column {name!r} holds numbers written with separators (e.g. "
+                f"{written[0]!r}), which are not read as numbers; write them plainly (2321, "
+                "0.5) or remove the column."
+            )
         return None  # a text column: not a feature
     row, value = bad
     raise UsageError(

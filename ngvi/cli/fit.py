@@ -20,6 +20,7 @@ complete (Ctrl-C or a crash leaves the previous results); `--save` keeps the fit
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 
@@ -153,6 +154,11 @@ def _prepare(args) -> dict:
         raise UsageError(f"target column {target!r}: {error}{hint}") from None
     labels = labels.astype(float)
     out = check_out_folder(args.out)
+    if args.save is not None and out.resolve() in Path(args.save).resolve().parents:
+        raise UsageError(
+            f"--save {args.save!r} is inside --out {args.out!r}, which is replaced as a "
+            "whole; save the model elsewhere."
+        )
     save = None if args.save is None else check_out_file(args.save, "--save")
     if save is not None:
         check_not_an_input(save, "--save", args.csv)

@@ -69,6 +69,8 @@ def likelihood(kind: str, num_classes: int = 2):
         return component(num_classes=num_classes)
     if kind == "gaussian":
         return component(variance=0.1)
+    if kind == "poisson":  # non-negative real targets too, as scikit-learn's PoissonRegressor
+        return component(integer_counts=False)
     return component()
 
 

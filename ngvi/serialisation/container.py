@@ -48,6 +48,7 @@ def atomic_write(path, data: bytes) -> None:
     prefix, suffix = _temporary_affixes(path)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=prefix, suffix=suffix)
     try:
+        os.chmod(temporary, _mode_for(path))  # mkstemp's 0600 would hide the file from others
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -56,6 +57,16 @@ def atomic_write(path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions `path` has, or those a new file gets under the process's umask."""
+    try:
+        return path.stat().st_mode & 0o777
+    except OSError:
+        umask = os.umask(0)
+        os.umask(umask)
+        return 0o666 & ~umask
 
 
 def remove_stale_temporaries(path) -> None:

@@ -8,6 +8,36 @@ from .. import likelihoods as _likelihoods
 from ._base import BaseGP
 
 
+def _real_targets(y):
+    """`y` as float64 (numbers written as text are read), refusing values that are not
+    numbers or not finite by name: a text target failed inside numpy's `std` with a dtype
+    error, an object target with `None` as NaN in the scaled prior mean."""
+    if y is None:
+        return y  # scikit-learn's own check says that `y` is required
+    try:
+        values = np.asarray(y, dtype=np.float64)
+    except (TypeError, ValueError):
+        example = next(iter(np.ravel(np.asarray(y, dtype=object))), None)
+        raise ValueError(f"`y` must hold real numbers; it holds e.g. {example!r}.") from None
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise ValueError(
+            f"`y` has {bad.size} NaN/inf or missing value(s), first at index {bad[0]}."
+        )
+    return values
+
+
+def _location_and_scale(y: np.ndarray) -> tuple[float, float]:
+    """Mean and standard deviation of `y` computed on `y / max|y|` (so targets near the
+    largest float, 1e200 say, do not overflow to NaN predictions); scale 1 for constant `y`."""
+    peak = float(np.max(np.abs(y)))
+    if peak == 0.0:
+        return 0.0, 1.0
+    scaled = y / peak
+    scale = peak * float(np.std(scaled))
+    return peak * float(np.mean(scaled)), (scale if scale > 0 else 1.0)
+
+
 class GaussianProcessRegressor(RegressorMixin, BaseGP):
     """GP regression with a Gaussian likelihood of learned noise variance.
 
@@ -57,10 +87,9 @@ class GaussianProcessRegressor(RegressorMixin, BaseGP):
     def fit(self, X, y, **fit_params):
         """Fit to inputs `X` `(n, d)` and real targets `y` `(n,)`."""
         self._refuse_fit_params(fit_params)
-        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+        X, y = validate_data(self, X, _real_targets(y), dtype=np.float64, y_numeric=True)
         if self.normalize_y:
-            scale = y.std()
-            self.y_mean_, self.y_scale_ = y.mean(), (scale if scale > 0 else 1.0)
+            self.y_mean_, self.y_scale_ = _location_and_scale(y)
         else:
             self.y_mean_, self.y_scale_ = 0.0, 1.0
         return self._fit_latent(X, (y - self.y_mean_) / self.y_scale_)
@@ -105,7 +134,7 @@ class PoissonProcessRegressor(RegressorMixin, BaseGP):
     def fit(self, X, y, **fit_params):
         """Fit to inputs `X` `(n, d)` and counts `y` `(n,)`."""
         self._refuse_fit_params(fit_params)
-        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True)
+        X, y = validate_data(self, X, _real_targets(y), dtype=np.float64, y_numeric=True)
         return self._fit_latent(X, y)
 
     def predict(self, X) -> np.ndarray:
