@@ -286,6 +286,16 @@ def test_inducing_count_chooses_reproducible_kmeans_centres():
     assert len(np.unique(np.round(np.asarray(first.inducing), 8), axis=0)) == 25
 
 
+def test_an_inducing_count_above_the_distinct_inputs_gives_each_input_once():
+    """Reproducer (adversarial probe): `inducing=5` on inputs with two distinct values gave
+    five inducing inputs at two places (k-means++ repeated them), extra cost for nothing."""
+    X = np.repeat([[0.0], [1.0]], 20, axis=0)
+    y = np.tile([0.0, 1.0], 20)
+    for count in (5, 40, 100):
+        model = sparse_model(X, y, Probit(), count)
+        np.testing.assert_array_equal(np.sort(np.asarray(model.inducing), axis=0), [[0.0], [1.0]])
+
+
 def test_bad_inducing_inputs():
     X, y = banana()
     with pytest.raises(ValueError, match="columns"):

@@ -10,12 +10,15 @@ def kmeans_inducing(X: np.ndarray, num_inducing: int, seed: int = 0, iterations:
     tighter bound than a random subset (the Nystrom error `k(x, x) - q(x, x)` is small near the
     data). k-means++ seeding, then Lloyd iterations on a random subsample of at most
     `max(50 M, 20000)` rows, so the cost does not grow with `N`. With `M >= N` the inputs
-    themselves are returned.
+    themselves are returned. Repeated points are dropped (first occurrences kept, in order):
+    on inputs with fewer than `M` distinct rows k-means++ placed several centres on one point,
+    which only add cost (`inducing=5` on two distinct inputs gave five inducing inputs at two
+    places), so fewer than `M` may come back.
     """
     X = np.asarray(X, dtype=float)
     n = X.shape[0]
     if num_inducing >= n:
-        return X.copy()
+        return _distinct(X)
     rng = np.random.default_rng(seed)
     size = min(n, max(50 * num_inducing, 20000))
     sample = X[rng.choice(n, size=size, replace=False)] if size < n else X
@@ -31,7 +34,13 @@ def kmeans_inducing(X: np.ndarray, num_inducing: int, seed: int = 0, iterations:
         if np.allclose(moved, centres):
             break
         centres = moved
-    return centres
+    return _distinct(centres)
+
+
+def _distinct(points: np.ndarray) -> np.ndarray:
+    """The rows of `points` without repeats, in the order of their first occurrence."""
+    _, first = np.unique(points, axis=0, return_index=True)
+    return points[np.sort(first)]
 
 
 def _nearest(points: np.ndarray, centres: np.ndarray) -> np.ndarray:
