@@ -32,7 +32,7 @@ import os
 for _name in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(_name, "1")
 os.environ.setdefault(
-    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false"
 )
 
 import argparse  # noqa: E402
