@@ -18,7 +18,11 @@ class HeteroscedasticGaussian(AbstractMultiLatentLikelihood):
     - \tfrac12 \big((y - m_0)^2 + v_0\big)\, e^{-m_1 + v_1 / 2},$$
 
     and both diagonal curvatures are negative ($-e^{-f_1}$ and $-\tfrac12 (y - f_0)^2 e^{-f_1}$),
-    so the natural-gradient step is exact and keeps the precision positive. Give the second
+    so in the default family (independent across the latents) the natural-gradient step is
+    exact and keeps the precision positive. The full $2 \times 2$ expected Hessian of the
+    coupled family (`Model(..., family="coupled")`) is indefinite wherever $(y - m_0)^2 > v_0$:
+    there use `NaturalGradient(psd_correction=True)` (without it every step is rejected and
+    `fit` ends as `stalled`, saying so). Give the second
     latent a prior mean near the log of the noise variance you expect
     (`GPPrior(kernel, mean=[0.0, log_noise])`).
     """
