@@ -515,3 +515,27 @@ def test_poisson_takes_non_negative_real_targets(tmp_path, capsys):
     path = _write_csv(tmp_path / "rates.csv", ["x", "rate"], rows)
     assert _fit(path, tmp_path / "out2", "--likelihood", "poisson") == 2
     _assert_one_line_error(capsys, "'rate'", "non-negative")
+
+
+def test_binary_predictions_name_the_predicted_label(tmp_path):
+    """Found by an adversarial probe: with two text labels the predictions had only
+    `predictive_mean`, the probability of the second label in sorted order, with nothing
+    naming it; `predicted` now gives the label (as `ngvi predict` does from a saved model)."""
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-2, 2, 40)
+    rows = [[f"{v:.4f}", "yes" if v > 0 else "no"] for v in x]
+    path = _write_csv(tmp_path / "d.csv", ["x", "answer"], rows)
+    saved = tmp_path / "m.ngvi"
+    assert _fit(path, tmp_path / "out", "--save", str(saved)) == 0
+    rows, _ = _read_predictions(tmp_path / "out")
+    for row in rows:
+        assert row["predicted"] == ("yes" if float(row["predictive_mean"]) >= 0.5 else "no")
+    assert sum(row["predicted"] == row["answer"] for row in rows) >= 36
+    assert main(["predict", str(saved), path, "--out", str(tmp_path / "new.csv")]) == 0
+    with open(tmp_path / "new.csv", newline="") as handle:
+        assert [row["predicted"] for row in csv.DictReader(handle)] == [
+            row["predicted"] for row in rows
+        ]
+    numeric = [[f"{v:.4f}", 1 if v > 0 else -1] for v in x]
+    assert _fit(_write_csv(tmp_path / "n.csv", ["x", "y"], numeric), tmp_path / "out2") == 0
+    assert {row["predicted"] for row in _read_predictions(tmp_path / "out2")[0]} == {"-1", "1"}

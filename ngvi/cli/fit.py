@@ -174,6 +174,7 @@ def _prepare(args) -> dict:
         "spread": spread.tolist(),
         "y_shift": y_shift,
         "y_scale": y_scale,
+        "binary_labels": models.binary_labels(kind, y, classes),
     }
     return {"X": X, "labels": labels, "y": y, "source": source, "train": train, "test": test,
             "model": model, "optimizer": _optimizer(args), "meta": meta, "out": out,

@@ -114,7 +114,8 @@ def build(args, kind: str, X_train: np.ndarray, y_train: np.ndarray, num_classes
 
 def columns(result, meta: dict, X: np.ndarray) -> dict[str, np.ndarray]:
     """The prediction columns at raw inputs `X`: `p_<class>` and `predicted` for several
-    classes; otherwise the predictive and latent mean and variance on the target's scale."""
+    classes; otherwise the predictive and latent mean and variance on the target's scale, and
+    for two classes `predicted` (the label whose probability is at least 1/2)."""
     import ngvi
 
     standardised = (X - np.asarray(meta["centre"])) / np.asarray(meta["spread"])
@@ -125,9 +126,23 @@ def columns(result, meta: dict, X: np.ndarray) -> dict[str, np.ndarray]:
         out["predicted"] = np.asarray(meta["classes"])[np.argmax(probabilities, axis=1)]
         return out
     shift, scale = meta["y_shift"], meta["y_scale"]
-    return {
+    out = {
         "predictive_mean": np.asarray(prediction.mean) * scale + shift,
         "predictive_variance": np.asarray(prediction.variance) * scale**2,
         "latent_mean": np.asarray(prediction.latent_mean) * scale + shift,
         "latent_variance": np.asarray(prediction.latent_variance) * scale**2,
     }
+    if meta.get("binary_labels"):  # absent from files saved before it existed
+        positive = (out["predictive_mean"] >= 0.5).astype(int)
+        out["predicted"] = np.asarray(meta["binary_labels"])[positive]
+    return out
+
+
+def binary_labels(kind: str, y: np.ndarray, classes: list[str] | None) -> list[str] | None:
+    """A binary classifier's two labels as the user wrote them, `[negative, positive]`: the
+    probability column `predictive_mean` is that of the second (`None` for other models)."""
+    if kind not in ("probit", "logit"):
+        return None
+    if classes is not None:
+        return list(classes)
+    return ["-1", "1"] if np.any(y < 0) else ["0", "1"]
