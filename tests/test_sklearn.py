@@ -267,6 +267,25 @@ def three_class_fit():
     return named, numeric, X_test, names[labels_test], labels_test
 
 
+def test_multiclass_probabilities_compile_once_per_bucket_of_rows(three_class_fit, caplog):
+    """The class probabilities are one compiled program; the rows are padded to the
+    estimators' bucket sizes, so 41 rows after 45 (one bucket) compile nothing new (the
+    numpy sampler they replaced compiled nothing, and the first version of the compiled one
+    compiled for every number of rows)."""
+    import logging
+
+    import jax
+
+    named, _, X_test, _, _ = three_class_fit
+    first = named.predict_proba(X_test[:45])
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="jax"), jax.log_compiles(True):
+        again = named.predict_proba(X_test[:41])
+    compiled = [r.getMessage() for r in caplog.records if "_class_probabilities" in r.getMessage()]
+    assert not compiled, compiled
+    np.testing.assert_allclose(again, first[:41], rtol=1e-12)
+
+
 def test_multiclass_string_labels_probabilities_and_classes(three_class_fit):
     named, numeric, X_test, names_test, labels_test = three_class_fit
     np.testing.assert_array_equal(named.classes_, ["setosa", "versicolor", "virginica"])

@@ -2,7 +2,6 @@
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 import numpy as np
 from sklearn.base import ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
@@ -11,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .. import likelihoods as _likelihoods
 from ..fitting.hyperpriors import SignalVariancePrior
 from ..predict import warn_if_inaccurate
-from ._base import BaseGP
+from ._base import BaseGP, bucket_size
 
 _BINARY = {"probit": _likelihoods.Probit, "logit": _likelihoods.BernoulliLogit}
 _MULTI_CLASS = {"softmax": _likelihoods.Softmax, "robustmax": _likelihoods.RobustMax}
@@ -23,9 +22,16 @@ _AUTO_INDUCING = 200
 
 @eqx.filter_jit
 def _class_probabilities(likelihood, mean, variance):
-    """The class probabilities and how far they may be off (largest over rows)."""
-    error = jnp.max(likelihood.predictive_error(mean, variance), initial=0.0)
-    return likelihood.class_probabilities(mean, variance), error
+    """The class probabilities and how far each row's may be off."""
+    probabilities = likelihood.class_probabilities(mean, variance)
+    return probabilities, likelihood.predictive_error(mean, variance)
+
+
+def _padded_rows(values: np.ndarray) -> np.ndarray:
+    """`values` with rows of zeros appended up to `bucket_size` (one compiled program per
+    bucket, not per number of rows; a row of zero variance is valid and cheap)."""
+    extra = bucket_size(values.shape[0]) - values.shape[0]
+    return np.concatenate([values, np.zeros((extra, *values.shape[1:]), values.dtype)])
 
 
 class GaussianProcessClassifier(ClassifierMixin, BaseGP):
@@ -210,11 +216,14 @@ class GaussianProcessClassifier(ClassifierMixin, BaseGP):
             p1 = np.clip(self._predict_moments(X)[2], 0.0, 1.0)
             return np.stack([1.0 - p1, p1], axis=1)
         mean, variance = self._predict_latent(X)
-        likelihood = self.model_.likelihood
+        likelihood, rows = self.model_.likelihood, len(mean)
         with jax.enable_x64(True):
-            probabilities, error = _class_probabilities(likelihood, mean, variance)
-        warn_if_inaccurate(likelihood, float(error), f"{type(self).__name__}.predict_proba")
-        probabilities = np.asarray(probabilities)
+            probabilities, errors = _class_probabilities(
+                likelihood, _padded_rows(np.asarray(mean)), _padded_rows(np.asarray(variance))
+            )
+        error = float(np.max(np.asarray(errors)[:rows], initial=0.0))
+        warn_if_inaccurate(likelihood, error, f"{type(self).__name__}.predict_proba")
+        probabilities = np.asarray(probabilities)[:rows]
         probabilities = np.clip(probabilities, 0.0, 1.0)
         return probabilities / probabilities.sum(axis=1, keepdims=True)
 
