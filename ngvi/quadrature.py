@@ -77,12 +77,13 @@ def gauss_hermite_expectation(
 @lru_cache(maxsize=32)
 def sobol_normal(count: int, dimension: int, seed: int) -> np.ndarray:
     """`count` quasi-random standard normal points in `dimension` dimensions, `(count,
-    dimension)`: a scrambled Sobol' sequence (Owen scrambling, `scipy.stats.qmc`, seeded)
-    through the normal quantile. For smooth integrands its error falls nearly like `1 / count`
-    instead of Monte Carlo's `1 / sqrt(count)`: softmax class probabilities from 1,024 points
-    were off by about 3e-4 (3 classes) to 1e-3 (20 classes), against 5e-3 to 7e-3 from 1,024
-    antithetic normal draws. `count` should be a power of 2 (the sequence's balance)."""
-    from scipy.stats import norm, qmc  # a dependency of jax; imported when first needed
+    dimension)`: a scrambled Sobol' sequence (`scipy.stats.qmc.Sobol`: linear matrix
+    scrambling and a digital shift, seeded) through the normal quantile. For smooth integrands
+    its error falls nearly like `1 / count` instead of Monte Carlo's `1 / sqrt(count)`:
+    softmax class probabilities from 1,024 points were off by about 3e-4 (3 classes) to 1e-3
+    (20 classes), against 5e-3 to 7e-3 from 1,024 antithetic normal draws. `count` should be a
+    power of 2 (the sequence's balance)."""
+    from scipy.stats import norm, qmc  # imported when first needed
 
     points = qmc.Sobol(dimension, scramble=True, seed=seed).random(count)
     return norm.ppf(np.clip(points, 1e-300, 1.0 - 2**-53))
