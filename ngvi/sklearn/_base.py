@@ -90,11 +90,16 @@ def _padded_training_set(X: np.ndarray, targets: np.ndarray):
     return np.concatenate([X, pads]), np.concatenate([targets, filler]), weights
 
 
+def padded_rows(values: np.ndarray) -> np.ndarray:
+    """`values` (any rank) with rows of zeros appended up to `bucket_size` (predictions are
+    per row, so the caller keeps the first rows): a prediction compiles once per bucket, not
+    per size."""
+    extra = bucket_size(values.shape[0]) - values.shape[0]
+    return np.concatenate([values, np.zeros((extra, *values.shape[1:]), values.dtype)])
+
+
 def _padded_inputs(X: np.ndarray) -> jax.Array:
-    """New inputs padded with zero rows to `bucket_size` (predictions are per row, so the
-    caller keeps the first `len(X)`): a prediction compiles once per bucket, not per size."""
-    extra = bucket_size(X.shape[0]) - X.shape[0]
-    return jnp.asarray(np.concatenate([X, np.zeros((extra, X.shape[1]))]))
+    return jnp.asarray(padded_rows(X))
 
 
 @eqx.filter_jit

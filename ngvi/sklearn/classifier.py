@@ -10,7 +10,7 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from .. import likelihoods as _likelihoods
 from ..fitting.hyperpriors import SignalVariancePrior
 from ..predict import warn_if_inaccurate
-from ._base import BaseGP, bucket_size
+from ._base import BaseGP, padded_rows
 
 _BINARY = {"probit": _likelihoods.Probit, "logit": _likelihoods.BernoulliLogit}
 _MULTI_CLASS = {"softmax": _likelihoods.Softmax, "robustmax": _likelihoods.RobustMax}
@@ -25,13 +25,6 @@ def _class_probabilities(likelihood, mean, variance):
     """The class probabilities and how far each row's may be off."""
     probabilities = likelihood.class_probabilities(mean, variance)
     return probabilities, likelihood.predictive_error(mean, variance)
-
-
-def _padded_rows(values: np.ndarray) -> np.ndarray:
-    """`values` with rows of zeros appended up to `bucket_size` (one compiled program per
-    bucket, not per number of rows; a row of zero variance is valid and cheap)."""
-    extra = bucket_size(values.shape[0]) - values.shape[0]
-    return np.concatenate([values, np.zeros((extra, *values.shape[1:]), values.dtype)])
 
 
 class GaussianProcessClassifier(ClassifierMixin, BaseGP):
@@ -219,7 +212,9 @@ class GaussianProcessClassifier(ClassifierMixin, BaseGP):
         likelihood, rows = self.model_.likelihood, len(mean)
         with jax.enable_x64(True):
             probabilities, errors = _class_probabilities(
-                likelihood, _padded_rows(np.asarray(mean)), _padded_rows(np.asarray(variance))
+                likelihood,
+                padded_rows(mean),
+                padded_rows(variance),  # zero variance: valid
             )
         error = float(np.max(np.asarray(errors)[:rows], initial=0.0))
         warn_if_inaccurate(likelihood, error, f"{type(self).__name__}.predict_proba")
